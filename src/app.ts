@@ -1,0 +1,223 @@
+import { randomBytes } from "node:crypto";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import type { Config } from "./config/config.js";
+import { ConfigError } from "./config/config.js";
+import { GatewayService } from "./gateway/index.js";
+import { createQueue } from "./infra/queue/index.js";
+import type { Queue } from "./infra/queue/types.js";
+import { createRegistry } from "./infra/registry/index.js";
+import type { Registry } from "./infra/registry/types.js";
+import { createRouteTable } from "./infra/routes/index.js";
+import type { RouteTable } from "./infra/routes/types.js";
+import { createStorage } from "./infra/storage/index.js";
+import { migrate } from "./infra/storage/migrate.js";
+import type { Storage } from "./infra/storage/types.js";
+import { Faults } from "./lifecycle/faults.js";
+import { runShutdown, type Phase, type ShutdownReport } from "./lifecycle/shutdown.js";
+import { LogicService } from "./logic/index.js";
+import { migrations } from "./logic/migrations.js";
+import { HealthServer } from "./observability/health.js";
+import { createLogger, type Logger } from "./observability/log.js";
+import { Metrics } from "./observability/metrics.js";
+import { TaskService } from "./task/index.js";
+
+export type Role = "gateway" | "logic" | "task" | "all";
+
+const METRICS_PORT: Record<Role, number> = { gateway: 9092, logic: 9091, task: 9090, all: 9090 };
+
+/** Something started that must be released at the end, in reverse order. */
+interface Opened {
+  readonly name: string;
+  close(): Promise<void>;
+}
+
+/**
+ * One process's worth of Resonance: the services of `role` and the infrastructure they need,
+ * wired explicitly. `start()` opens everything (closing what was opened if any step fails);
+ * `shutdown()` runs the phases of docs/shutdown and resolves with the report. No process
+ * exit here: only the CLI exits.
+ */
+export class App {
+  readonly config: Config;
+  readonly role: Role;
+  readonly log: Logger;
+  readonly metrics = new Metrics();
+  readonly faults: Faults;
+  readonly #opened: Opened[] = [];
+  readonly #lost: Array<Promise<Error>> = [];
+  #health: HealthServer | undefined;
+  #storage: Storage | undefined;
+  #queue: Queue | undefined;
+  #routes: RouteTable | undefined;
+  #registry: Registry | undefined;
+  gateway: GatewayService | undefined;
+  logic: LogicService | undefined;
+  task: TaskService | undefined;
+  #shutdown: Promise<ShutdownReport> | undefined;
+
+  constructor(config: Config, role: Role, log?: Logger) {
+    this.config = config;
+    this.role = role;
+    this.log = log ?? createLogger(role, config.instanceId, config.logLevel);
+    this.faults = new Faults(config.faults);
+  }
+
+  get connectionName(): string {
+    return `resonance-${this.role}-${this.config.instanceId}`;
+  }
+
+  get healthPort(): number | undefined {
+    return this.#health?.port;
+  }
+
+  /** Resolves when a dependency is gone for good (NATS closed, etcd lease lost); never rejects. */
+  get lost(): Promise<Error> {
+    return Promise.race(this.#lost.length > 0 ? this.#lost : [new Promise<Error>(() => {})]);
+  }
+
+  async #open<T extends { start(): Promise<void>; close(): Promise<void> }>(name: string, thing: T): Promise<T> {
+    await thing.start();
+    this.#opened.push({ name, close: () => thing.close() });
+    return thing;
+  }
+
+  /** Opens infrastructure and services; on failure closes what was opened, in reverse, and rethrows. */
+  async start(): Promise<void> {
+    try {
+      await this.#start();
+      this.#health?.setReady(true);
+      this.log.info({ role: this.role, instance: this.config.instanceId }, "started");
+    } catch (err) {
+      await this.#closeOpened();
+      throw err;
+    }
+  }
+
+  async #start(): Promise<void> {
+    const c = this.config;
+    const r = this.role;
+    const name = this.connectionName;
+    const log = this.log;
+    this.#health = await this.#open(
+      "health",
+      new HealthServer({ host: c.listen.host, port: c.listen.metricsPort ?? METRICS_PORT[r], metrics: this.metrics, log }),
+    );
+    const registry = await this.#open("registry", createRegistry({ endpoints: c.etcdEndpoints, name, log: log.child({ part: "registry" }) }));
+    this.#registry = registry;
+    this.#lost.push(registry.lost);
+    const needsData = r !== "gateway";
+    if (needsData) {
+      const storage = await this.#open(
+        "storage",
+        createStorage({ databaseUrl: c.databaseUrl, dataDir: c.dataDir, applicationName: name, log: log.child({ part: "storage" }) }),
+      );
+      this.#storage = storage;
+      if (r === "all") await migrate(storage, migrations, log);
+      this.#routes = await this.#open(
+        "routes",
+        createRouteTable({ redisUrl: c.redisUrl, name, ttlMs: c.presence.routeTtlMs, log: log.child({ part: "routes" }) }),
+      );
+      this.#queue = await this.#open(
+        "queue",
+        createQueue({ natsUrl: c.natsUrl, name, log: log.child({ part: "queue" }), ackWaitMs: c.task.ackWaitMs }),
+      );
+      this.#lost.push(this.#queue!.lost);
+    }
+    const deps = { log, metrics: this.metrics, registry, faults: this.faults };
+    if (r === "logic" || r === "all") {
+      const tokenSecret = await this.#tokenSecret();
+      this.logic = await this.#open(
+        "logic",
+        new LogicService(c, { ...deps, storage: this.#storage!, queue: this.#queue!, routes: this.#routes!, tokenSecret }),
+      );
+    }
+    if (r === "task" || r === "all") {
+      this.task = await this.#open("task", new TaskService(c, { ...deps, storage: this.#storage!, queue: this.#queue!, routes: this.#routes! }));
+    }
+    if (r === "gateway" || r === "all") {
+      this.gateway = await this.#open("gateway", new GatewayService(c, deps));
+    }
+  }
+
+  /** The configured secret; in embedded mode one generated on first start and kept in the data dir. */
+  async #tokenSecret(): Promise<string> {
+    if (this.config.tokenSecret) return this.config.tokenSecret;
+    if (this.config.databaseUrl) {
+      throw new ConfigError("RESONANCE_TOKEN_SECRET: required when RESONANCE_DATABASE_URL is set (every logic instance must share it)");
+    }
+    const file = join(this.config.dataDir, "token-secret");
+    try {
+      const s = (await readFile(file, "utf8")).trim();
+      if (s.length >= 32) return s;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+    }
+    await mkdir(this.config.dataDir, { recursive: true });
+    const secret = randomBytes(32).toString("base64url");
+    await writeFile(file, secret + "\n", { mode: 0o600 });
+    return secret;
+  }
+
+  async #closeOpened(): Promise<void> {
+    for (const o of this.#opened.splice(0).reverse()) {
+      try {
+        await o.close();
+      } catch (err) {
+        this.log.warn({ err, what: o.name }, "close failed");
+      }
+    }
+  }
+
+  /** The shutdown phases for this role, in order (docs/shutdown.md). */
+  phases(): Phase[] {
+    const t = this.config.shutdown.timeoutMs;
+    const g = this.gateway;
+    const l = this.logic;
+    const k = this.task;
+    const phases: Phase[] = [];
+    phases.push({
+      name: "unready",
+      run: async () => {
+        this.#health?.setReady(false);
+        await Promise.all([g?.unready.run(), l?.unready.run()]);
+      },
+    });
+    if (this.config.shutdown.drainDelayMs > 0) {
+      const ms = this.config.shutdown.drainDelayMs;
+      phases.push({ name: "drain-delay", run: () => new Promise<void>((r) => setTimeout(r, ms)) });
+    }
+    if (g) phases.push(g.stopAccepting, g.finishInflight, g.closeWebSockets(this.config.shutdown.wsDrainWindowMs + Math.min(5_000, t / 6)), g.flushPresence);
+    if (l) phases.push(l.stopRpc(Math.min(10_000, t / 3)), l.flushOutbox);
+    if (k) phases.push(k.stopConsumer, k.flushPushes);
+    if (g) phases.push(g.stopPushRpc(Math.min(5_000, t / 6)));
+    phases.push({
+      name: "deregister",
+      run: async () => {
+        await Promise.all([g?.deregister.run(), l?.deregister.run()]);
+      },
+    });
+    phases.push({ name: "release", run: () => this.#closeOpened() });
+    return phases.map((p) => ({
+      ...p,
+      run: async () => {
+        await this.faults.at(`phase.${p.name}`);
+        return p.run();
+      },
+    }));
+  }
+
+  /**
+   * Runs the shutdown once (later calls get the same report). Resolves with the report, which
+   * is also logged as one line; never rejects.
+   */
+  shutdown(reason: string, baseExitCode = 0): Promise<ShutdownReport> {
+    this.#shutdown ??= (async () => {
+      this.log.info({ reason }, "shutting down");
+      const report = await runShutdown(reason, this.phases(), { timeoutMs: this.config.shutdown.timeoutMs, log: this.log, baseExitCode });
+      this.log.info({ report }, "shutdown report");
+      return report;
+    })();
+    return this.#shutdown;
+  }
+}

@@ -1,0 +1,38 @@
+import { describe, expect, it } from "vitest";
+import { ConfigError, parseConfig } from "./config.js";
+
+describe("config", () => {
+  it("config - defaults select the embedded implementations and the documented ports", () => {
+    const c = parseConfig({});
+    expect(c.databaseUrl).toBeUndefined();
+    expect(c.etcdEndpoints).toEqual([]);
+    expect(c.listen).toMatchObject({ httpPort: 8080, pushPort: 15091, logicPort: 15090, host: "127.0.0.1" });
+    expect(c.shutdown).toEqual({ timeoutMs: 30_000, drainDelayMs: 0, wsDrainWindowMs: 5_000 });
+    expect(c.limits.maxFrameBytes).toBe(64 * 1024);
+    expect(c.dataDir).toBe("./data");
+    expect(Object.isFrozen(c)).toBe(true);
+  });
+
+  it("config - durations accept units and lists are split", () => {
+    const c = parseConfig({ RESONANCE_SHUTDOWN_TIMEOUT: "2s", RESONANCE_DRAIN_DELAY: "150ms", RESONANCE_ETCD_ENDPOINTS: "http://a:2379, http://b:2379" });
+    expect(c.shutdown.timeoutMs).toBe(2000);
+    expect(c.shutdown.drainDelayMs).toBe(150);
+    expect(c.etcdEndpoints).toEqual(["http://a:2379", "http://b:2379"]);
+  });
+
+  it("config - a bad value is refused with the variable's name", () => {
+    expect(() => parseConfig({ RESONANCE_HTTP_PORT: "eighty" })).toThrow(/RESONANCE_HTTP_PORT/);
+    expect(() => parseConfig({ RESONANCE_SHUTDOWN_TIMEOUT: "soon" })).toThrow(/RESONANCE_SHUTDOWN_TIMEOUT/);
+    expect(() => parseConfig({ RESONANCE_DATABASE_URL: "not a url" })).toThrow(/RESONANCE_DATABASE_URL/);
+    expect(() => parseConfig({ RESONANCE_TOKEN_SECRET: "short" })).toThrow(/RESONANCE_TOKEN_SECRET/);
+    expect(() => parseConfig({ RESONANCE_LOG_LEVEL: "loud" })).toThrow(ConfigError);
+  });
+
+  it("config - fault injection is parsed and off by default", () => {
+    expect(parseConfig({}).faults.size).toBe(0);
+    const c = parseConfig({ RESONANCE_FAULTS: "logic.SendMessage=1500,phase.release=hang" });
+    expect(c.faults.get("logic.SendMessage")).toBe(1500);
+    expect(c.faults.get("phase.release")).toBe("hang");
+    expect(() => parseConfig({ RESONANCE_FAULTS: "x=later" })).toThrow(/RESONANCE_FAULTS/);
+  });
+});

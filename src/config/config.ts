@@ -1,0 +1,192 @@
+import { randomBytes } from "node:crypto";
+import { z } from "zod";
+
+/** A duration: plain milliseconds ("1500") or with a unit ("30s", "200ms", "5m"). */
+const duration = z
+  .string()
+  .trim()
+  .regex(/^\d+(\.\d+)?(ms|s|m|h)?$/, "expected a duration such as 30s, 200ms or 1500")
+  .transform((v) => {
+    const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(v)!;
+    const n = Number(m[1]);
+    const unit = m[2] ?? "ms";
+    return Math.round(n * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[unit]!);
+  });
+
+const port = z.coerce.number().int().min(0).max(65535);
+const positiveInt = z.coerce.number().int().positive();
+const bytes = z.coerce.number().int().min(1024).max(16 * 1024 * 1024);
+const optionalUrl = z
+  .string()
+  .trim()
+  .optional()
+  .transform((v) => (v ? v : undefined))
+  .pipe(z.url().optional());
+const list = z
+  .string()
+  .optional()
+  .transform((v) => (v ?? "").split(",").map((s) => s.trim()).filter(Boolean));
+
+/**
+ * Every setting, keyed by its environment variable. Defaults here are the documented ones
+ * (README "Settings"). Unset infrastructure URLs select the embedded implementations.
+ */
+const schema = z.object({
+  RESONANCE_DATABASE_URL: optionalUrl,
+  RESONANCE_REDIS_URL: optionalUrl,
+  RESONANCE_NATS_URL: optionalUrl,
+  RESONANCE_ETCD_ENDPOINTS: list,
+  RESONANCE_LOGIC_ADDRESSES: list,
+  RESONANCE_DATA_DIR: z.string().default("./data"),
+  RESONANCE_TOKEN_SECRET: z.string().min(32, "must be at least 32 characters").optional(),
+  RESONANCE_TOKEN_TTL: duration.default(7 * 24 * 3600 * 1000),
+  RESONANCE_HOST: z.string().default("127.0.0.1"),
+  RESONANCE_HTTP_HOST: z.string().optional(),
+  RESONANCE_ADVERTISE_HOST: z.string().optional(),
+  RESONANCE_HTTP_PORT: port.default(8080),
+  RESONANCE_PUSH_PORT: port.default(15091),
+  RESONANCE_LOGIC_PORT: port.default(15090),
+  RESONANCE_METRICS_PORT: port.optional(),
+  RESONANCE_INSTANCE_ID: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, "letters, digits, _ . - only").optional(),
+  RESONANCE_SHUTDOWN_TIMEOUT: duration.default(30_000),
+  RESONANCE_DRAIN_DELAY: duration.default(0),
+  RESONANCE_WS_DRAIN_WINDOW: duration.default(5_000),
+  RESONANCE_LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+  RESONANCE_MAX_FRAME_BYTES: bytes.default(64 * 1024),
+  RESONANCE_MAX_CONTENT_CHARS: positiveInt.default(8000),
+  RESONANCE_WS_SEND_QUEUE: positiveInt.default(1024),
+  RESONANCE_WS_IDLE_TIMEOUT: duration.default(60_000),
+  RESONANCE_WS_PING_INTERVAL: duration.default(25_000),
+  RESONANCE_CHAT_RATE: positiveInt.default(50),
+  RESONANCE_CHAT_BURST: positiveInt.default(200),
+  RESONANCE_PRESENCE_BATCH: positiveInt.default(500),
+  RESONANCE_PRESENCE_INTERVAL: duration.default(50),
+  RESONANCE_ROUTE_TTL: duration.default(120_000),
+  RESONANCE_RELAY_BATCH: positiveInt.default(256),
+  RESONANCE_RELAY_INTERVAL: duration.default(200),
+  RESONANCE_TASK_CONCURRENCY: positiveInt.default(64),
+  RESONANCE_ACK_WAIT: duration.default(30_000),
+  RESONANCE_FAULTS: z.string().default(""),
+  RESONANCE_NAMESPACE: z
+    .string()
+    .regex(/^[a-z0-9_]{0,32}$/, "lowercase letters, digits and _ only")
+    .default(""),
+});
+
+export type RawEnv = Record<string, string | undefined>;
+
+export interface Config {
+  readonly databaseUrl: string | undefined;
+  readonly redisUrl: string | undefined;
+  readonly natsUrl: string | undefined;
+  readonly etcdEndpoints: readonly string[];
+  /** Static logic addresses (host:port) for gateways; when empty, logic is found in the registry. */
+  readonly logicAddresses: readonly string[];
+  readonly dataDir: string;
+  /** Undefined means: embedded mode, generate one and keep it in the data dir. */
+  readonly tokenSecret: string | undefined;
+  readonly tokenTtlMs: number;
+  readonly instanceId: string;
+  readonly logLevel: string;
+  readonly listen: {
+    readonly host: string;
+    readonly httpHost: string;
+    readonly advertiseHost: string;
+    readonly httpPort: number;
+    readonly pushPort: number;
+    readonly logicPort: number;
+    /** Undefined: the per-service default (gateway 9092, logic 9091, task 9090). */
+    readonly metricsPort: number | undefined;
+  };
+  readonly shutdown: { readonly timeoutMs: number; readonly drainDelayMs: number; readonly wsDrainWindowMs: number };
+  readonly limits: {
+    readonly maxFrameBytes: number;
+    readonly maxContentChars: number;
+    readonly wsSendQueue: number;
+    readonly wsIdleTimeoutMs: number;
+    readonly wsPingIntervalMs: number;
+    readonly chatRatePerSec: number;
+    readonly chatBurst: number;
+  };
+  readonly presence: { readonly batchSize: number; readonly intervalMs: number; readonly routeTtlMs: number };
+  readonly relay: { readonly batchSize: number; readonly intervalMs: number };
+  readonly task: { readonly concurrency: number; readonly ackWaitMs: number };
+  /** Fault injection for tests: "name=ms" or "name=hang", comma-separated. Empty by default. */
+  readonly faults: ReadonlyMap<string, number | "hang">;
+  /**
+   * Empty in production. When set, keeps this deployment's NATS stream and subjects, Redis keys
+   * and etcd keys apart from others on the same servers (used by the tests).
+   */
+  readonly namespace: string;
+}
+
+export class ConfigError extends Error {
+  override readonly name = "ConfigError";
+}
+
+function parseFaults(spec: string): Map<string, number | "hang"> {
+  const faults = new Map<string, number | "hang">();
+  for (const part of spec.split(",").map((s) => s.trim()).filter(Boolean)) {
+    const [name, value] = part.split("=");
+    if (!name || !value || !(value === "hang" || /^\d+$/.test(value))) {
+      throw new ConfigError(`RESONANCE_FAULTS: "${part}" is not name=<ms> or name=hang`);
+    }
+    faults.set(name, value === "hang" ? "hang" : Number(value));
+  }
+  return faults;
+}
+
+/** Parses and validates the settings once. Throws ConfigError naming the variable on bad input. */
+export function parseConfig(env: RawEnv): Config {
+  const result = schema.safeParse(env);
+  if (!result.success) {
+    const lines = result.error.issues.map((i) => `${String(i.path[0] ?? "config")}: ${i.message}`);
+    throw new ConfigError(`invalid configuration:\n  ${lines.join("\n  ")}`);
+  }
+  const e = result.data;
+  const host = e.RESONANCE_HOST;
+  return Object.freeze({
+    databaseUrl: e.RESONANCE_DATABASE_URL,
+    redisUrl: e.RESONANCE_REDIS_URL,
+    natsUrl: e.RESONANCE_NATS_URL,
+    etcdEndpoints: Object.freeze(e.RESONANCE_ETCD_ENDPOINTS),
+    logicAddresses: Object.freeze(e.RESONANCE_LOGIC_ADDRESSES),
+    dataDir: e.RESONANCE_DATA_DIR,
+    tokenSecret: e.RESONANCE_TOKEN_SECRET,
+    tokenTtlMs: e.RESONANCE_TOKEN_TTL,
+    instanceId: e.RESONANCE_INSTANCE_ID ?? randomBytes(4).toString("hex"),
+    logLevel: e.RESONANCE_LOG_LEVEL,
+    listen: Object.freeze({
+      host,
+      httpHost: e.RESONANCE_HTTP_HOST ?? host,
+      advertiseHost: e.RESONANCE_ADVERTISE_HOST ?? (host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host),
+      httpPort: e.RESONANCE_HTTP_PORT,
+      pushPort: e.RESONANCE_PUSH_PORT,
+      logicPort: e.RESONANCE_LOGIC_PORT,
+      metricsPort: e.RESONANCE_METRICS_PORT,
+    }),
+    shutdown: Object.freeze({
+      timeoutMs: e.RESONANCE_SHUTDOWN_TIMEOUT,
+      drainDelayMs: e.RESONANCE_DRAIN_DELAY,
+      wsDrainWindowMs: e.RESONANCE_WS_DRAIN_WINDOW,
+    }),
+    limits: Object.freeze({
+      maxFrameBytes: e.RESONANCE_MAX_FRAME_BYTES,
+      maxContentChars: e.RESONANCE_MAX_CONTENT_CHARS,
+      wsSendQueue: e.RESONANCE_WS_SEND_QUEUE,
+      wsIdleTimeoutMs: e.RESONANCE_WS_IDLE_TIMEOUT,
+      wsPingIntervalMs: e.RESONANCE_WS_PING_INTERVAL,
+      chatRatePerSec: e.RESONANCE_CHAT_RATE,
+      chatBurst: e.RESONANCE_CHAT_BURST,
+    }),
+    presence: Object.freeze({
+      batchSize: e.RESONANCE_PRESENCE_BATCH,
+      intervalMs: e.RESONANCE_PRESENCE_INTERVAL,
+      routeTtlMs: e.RESONANCE_ROUTE_TTL,
+    }),
+    relay: Object.freeze({ batchSize: e.RESONANCE_RELAY_BATCH, intervalMs: e.RESONANCE_RELAY_INTERVAL }),
+    task: Object.freeze({ concurrency: e.RESONANCE_TASK_CONCURRENCY, ackWaitMs: e.RESONANCE_ACK_WAIT }),
+    faults: parseFaults(e.RESONANCE_FAULTS),
+    namespace: e.RESONANCE_NAMESPACE,
+  });
+}

@@ -1,0 +1,313 @@
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { WebSocket } from "ws";
+import { AckSchema, GoawaySchema, WsPacketSchema, type PushMessage, type WsPacket } from "../gen/resonance/gateway/v1/gateway_pb.js";
+import { ChatService } from "../gen/resonance/logic/v1/logic_pb.js";
+import type { Logger } from "../observability/log.js";
+import type { Metrics } from "../observability/metrics.js";
+import type { LogicClient } from "./logic-client.js";
+import type { PresenceReporter } from "./presence.js";
+
+export const CLOSE = {
+  goingAway: 1001,
+  unsupported: 1003,
+  policy: 1008,
+  tooBig: 1009,
+  tryAgainLater: 1013,
+  rateLimited: 4429,
+} as const;
+
+export interface HubOptions {
+  readonly sendQueue: number;
+  readonly idleTimeoutMs: number;
+  readonly pingIntervalMs: number;
+  readonly chatRatePerSec: number;
+  readonly chatBurst: number;
+}
+
+const PULSE = toBinary(WsPacketSchema, create(WsPacketSchema, { payload: { case: "pulse", value: {} } }));
+const ERROR_CODE_NAMES: Record<number, string> = Object.fromEntries(
+  Object.entries(Code).filter(([, v]) => typeof v === "number").map(([k, v]) => [v, k.replace(/([a-z])([A-Z])/g, "$1_$2").toLowerCase()]),
+);
+
+/** One client's WebSocket. */
+class Connection {
+  readonly id: number;
+  readonly username: string;
+  readonly ws: WebSocket;
+  lastSeen = Date.now();
+  queued = 0;
+  tokens: number;
+  refilled = Date.now();
+  expiryTimer: NodeJS.Timeout | undefined;
+  closing = false;
+
+  constructor(id: number, username: string, ws: WebSocket, burst: number) {
+    this.id = id;
+    this.username = username;
+    this.ws = ws;
+    this.tokens = burst;
+  }
+}
+
+/**
+ * The gateway's WebSocket connections: per-user sets, heartbeat, chat → logic → ack, pushes
+ * with a bounded send queue per connection, and the shutdown drain (Goaway + 1001, spread).
+ */
+export class ConnectionHub {
+  readonly #opts: HubOptions;
+  readonly #logic: LogicClient;
+  readonly #presence: PresenceReporter;
+  readonly #metrics: Metrics;
+  readonly #log: Logger;
+  readonly #byUser = new Map<string, Set<Connection>>();
+  readonly #all = new Set<Connection>();
+  #nextId = 1;
+  #heartbeat: NodeJS.Timeout | undefined;
+  #acceptChats = true;
+  #chatsInFlight = 0;
+  #chatsIdle: (() => void) | undefined;
+  readonly counts = { wsClosedClean: 0, wsTerminated: 0, slowConsumers: 0, chatsRefused: 0 };
+
+  constructor(opts: HubOptions, logic: LogicClient, presence: PresenceReporter, metrics: Metrics, log: Logger) {
+    this.#opts = opts;
+    this.#logic = logic;
+    this.#presence = presence;
+    this.#metrics = metrics;
+    this.#log = log;
+  }
+
+  get size(): number {
+    return this.#all.size;
+  }
+
+  users(): Iterable<string> {
+    return this.#byUser.keys();
+  }
+
+  start(): void {
+    this.#heartbeat = setInterval(() => this.#checkIdle(), Math.min(this.#opts.pingIntervalMs, this.#opts.idleTimeoutMs / 2));
+    this.#heartbeat.unref();
+  }
+
+  /** Takes a freshly upgraded, authenticated socket. The user is a push target at once. */
+  add(ws: WebSocket, username: string, remoteIp: string, tokenExpiresAt: number): void {
+    const conn = new Connection(this.#nextId++, username, ws, this.#opts.chatBurst);
+    this.#all.add(conn);
+    let set = this.#byUser.get(username);
+    if (!set) {
+      set = new Set();
+      this.#byUser.set(username, set);
+      this.#presence.online(username, remoteIp);
+    }
+    set.add(conn);
+    this.#metrics.wsConnections.inc();
+    const msLeft = tokenExpiresAt * 1000 - Date.now();
+    if (tokenExpiresAt > 0 && msLeft < 2 ** 31 - 1) {
+      conn.expiryTimer = setTimeout(() => this.#close(conn, CLOSE.policy, "token expired"), Math.max(0, msLeft));
+      conn.expiryTimer.unref();
+    }
+    ws.on("message", (data, isBinary) => this.#onMessage(conn, data as Buffer, isBinary));
+    ws.on("pong", () => (conn.lastSeen = Date.now()));
+    ws.on("error", (err) => {
+      // ws closes the socket itself after an error (e.g. 1009 for an oversized frame).
+      const kind = /max payload/i.test(err.message) ? "oversized-frame" : "ws-error";
+      this.#metrics.badInput.inc({ kind });
+      this.#log.debug({ err, user: username }, "websocket error");
+    });
+    ws.on("close", (code) => this.#onClose(conn, code));
+  }
+
+  #onClose(conn: Connection, code: number): void {
+    clearTimeout(conn.expiryTimer);
+    if (!this.#all.delete(conn)) return;
+    this.#metrics.wsConnections.dec();
+    this.#metrics.wsClosed.inc({ code: String(code), reason: conn.closing ? "server" : "client" });
+    const set = this.#byUser.get(conn.username);
+    set?.delete(conn);
+    if (set && set.size === 0) {
+      this.#byUser.delete(conn.username);
+      this.#presence.offline(conn.username);
+    }
+  }
+
+  #onMessage(conn: Connection, data: Buffer, isBinary: boolean): void {
+    conn.lastSeen = Date.now();
+    if (!isBinary) {
+      this.#metrics.badInput.inc({ kind: "text-frame" });
+      return this.#close(conn, CLOSE.unsupported, "binary WsPacket frames only");
+    }
+    let packet: WsPacket;
+    try {
+      packet = fromBinary(WsPacketSchema, data);
+    } catch {
+      this.#metrics.badInput.inc({ kind: "undecodable-frame" });
+      return this.#close(conn, CLOSE.unsupported, "undecodable frame");
+    }
+    switch (packet.payload.case) {
+      case "pulse":
+        return void this.#send(conn, PULSE);
+      case "chat":
+        return void this.#chat(conn, packet);
+      case "ack":
+        return; // Push acks are informational: the inbox is the truth.
+      default:
+        this.#metrics.badInput.inc({ kind: "unknown-payload" });
+        return this.#ack(conn, packet.seq, { error: "unknown or unsupported payload", errorCode: "invalid_argument" });
+    }
+  }
+
+  #takeToken(conn: Connection): boolean {
+    const now = Date.now();
+    conn.tokens = Math.min(this.#opts.chatBurst, conn.tokens + ((now - conn.refilled) / 1000) * this.#opts.chatRatePerSec);
+    conn.refilled = now;
+    if (conn.tokens < 1) return false;
+    conn.tokens--;
+    return true;
+  }
+
+  async #chat(conn: Connection, packet: WsPacket): Promise<void> {
+    if (packet.payload.case !== "chat") return;
+    const chat = packet.payload.value;
+    const seq = packet.seq;
+    if (!seq || seq.length > 128) {
+      this.#metrics.badInput.inc({ kind: "chat-without-seq" });
+      return this.#ack(conn, seq.slice(0, 128), { error: "seq: a client id of 1-128 characters is required", errorCode: "invalid_argument" });
+    }
+    if (!this.#acceptChats) {
+      this.counts.chatsRefused++;
+      return this.#ack(conn, seq, { error: "server is shutting down; resend after reconnecting", errorCode: "unavailable", sessionId: chat.sessionId });
+    }
+    if (!this.#takeToken(conn)) {
+      if (conn.tokens < -this.#opts.chatBurst) return this.#close(conn, CLOSE.rateLimited, "rate limited");
+      conn.tokens -= 1; // Persistent flooding ends in a 4429 close.
+      return this.#ack(conn, seq, { error: "too many messages; slow down", errorCode: "resource_exhausted", sessionId: chat.sessionId });
+    }
+    this.#metrics.messagesIn.inc();
+    const started = performance.now();
+    this.#chatsInFlight++;
+    try {
+      const r = await this.#logic.call(ChatService, (c) =>
+        c.sendMessage({
+          sessionId: chat.sessionId,
+          fromUsername: conn.username,
+          toUsername: chat.toUsername,
+          content: chat.content,
+          type: chat.type,
+          timestamp: chat.timestamp,
+          clientMsgId: seq,
+        }),
+      );
+      this.#ack(conn, seq, { msgId: r.msgId, seqId: r.seqId, sessionId: chat.sessionId });
+      this.#metrics.ackLatency.observe((performance.now() - started) / 1000);
+    } catch (err) {
+      const ce = ConnectError.from(err);
+      this.#ack(conn, seq, { error: ce.rawMessage, errorCode: ERROR_CODE_NAMES[ce.code] ?? "unknown", sessionId: chat.sessionId });
+    } finally {
+      if (--this.#chatsInFlight === 0) this.#chatsIdle?.();
+    }
+  }
+
+  #ack(conn: Connection, refSeq: string, ack: { msgId?: bigint; seqId?: bigint; sessionId?: string; error?: string; errorCode?: string }): void {
+    const packet = create(WsPacketSchema, { seq: refSeq, payload: { case: "ack", value: create(AckSchema, { refSeq, ...ack }) } });
+    this.#send(conn, toBinary(WsPacketSchema, packet));
+  }
+
+  /** Queues a frame; a connection whose queue is full is closed (1013) and counted, never silently skipped. */
+  #send(conn: Connection, frame: Uint8Array): boolean {
+    if (conn.closing || conn.ws.readyState !== conn.ws.OPEN) return false;
+    if (conn.queued >= this.#opts.sendQueue) {
+      this.counts.slowConsumers++;
+      this.#log.warn({ user: conn.username, queued: conn.queued }, "slow consumer disconnected");
+      this.#close(conn, CLOSE.tryAgainLater, "slow consumer");
+      return false;
+    }
+    conn.queued++;
+    conn.ws.send(frame, { binary: true }, () => conn.queued--);
+    return true;
+  }
+
+  /** Delivers a message to every local connection of the given users; resolves the users with none here. */
+  push(usernames: readonly string[], message: PushMessage): string[] {
+    const frame = toBinary(WsPacketSchema, create(WsPacketSchema, { payload: { case: "push", value: message } }));
+    const failed: string[] = [];
+    for (const u of usernames) {
+      const set = this.#byUser.get(u);
+      let delivered = false;
+      if (set) for (const conn of set) delivered = this.#send(conn, frame) || delivered;
+      if (delivered) this.#metrics.messagesOut.inc();
+      else failed.push(u);
+    }
+    return failed;
+  }
+
+  #checkIdle(): void {
+    const now = Date.now();
+    for (const conn of this.#all) {
+      if (now - conn.lastSeen > this.#opts.idleTimeoutMs) {
+        this.#log.debug({ user: conn.username }, "idle connection terminated");
+        this.#metrics.wsClosed.inc({ code: "1006", reason: "idle" });
+        conn.ws.terminate();
+      } else if (now - conn.lastSeen > this.#opts.pingIntervalMs / 2) {
+        conn.ws.ping();
+      }
+    }
+  }
+
+  #close(conn: Connection, code: number, reason: string): void {
+    if (conn.closing) return;
+    conn.closing = true;
+    conn.ws.close(code, reason);
+    // A peer that never answers the close frame is cut off.
+    setTimeout(() => conn.ws.terminate(), 5_000).unref();
+  }
+
+  /** From now on chats are answered with `unavailable`; resolves when the chats in flight have their ack. */
+  async finishChats(): Promise<void> {
+    this.#acceptChats = false;
+    if (this.#chatsInFlight > 0) await new Promise<void>((r) => (this.#chatsIdle = r));
+  }
+
+  /**
+   * Sends every connection Goaway then close 1001, spread over `windowMs`, waits for the close
+   * handshakes until `deadline` (epoch ms), then terminates what is left. Never rejects.
+   */
+  async closeAll(windowMs: number, deadline: number): Promise<{ wsClosedClean: number; wsTerminated: number }> {
+    clearInterval(this.#heartbeat);
+    const conns = [...this.#all];
+    const closed = conns.map((c) => new Promise<boolean>((resolve) => c.ws.once("close", () => resolve(true))));
+    const step = conns.length > 1 ? windowMs / conns.length : 0;
+    const hintMax = Math.max(100, Math.min(2_000, windowMs));
+    for (const [i, conn] of conns.entries()) {
+      if (i > 0 && step >= 1 && Date.now() + step < deadline) await new Promise((r) => setTimeout(r, step));
+      const goaway = create(WsPacketSchema, {
+        payload: { case: "goaway", value: create(GoawaySchema, { reconnectAfterMs: BigInt(Math.floor(Math.random() * hintMax)), reason: "server shutdown" }) },
+      });
+      if (conn.ws.readyState === conn.ws.OPEN) conn.ws.send(toBinary(WsPacketSchema, goaway));
+      conn.closing = true;
+      conn.ws.close(CLOSE.goingAway, "server shutdown");
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const left = Math.max(0, deadline - Date.now());
+    const results = await Promise.race([
+      Promise.all(closed),
+      new Promise<boolean[]>((r) => (timer = setTimeout(() => r([]), left))),
+    ]);
+    clearTimeout(timer);
+    let clean = 0;
+    let terminated = 0;
+    if (results.length === conns.length) clean = conns.length;
+    else {
+      for (const c of conns) {
+        if (c.ws.readyState === c.ws.CLOSED) clean++;
+        else {
+          c.ws.terminate();
+          terminated++;
+        }
+      }
+    }
+    this.counts.wsClosedClean += clean;
+    this.counts.wsTerminated += terminated;
+    return { wsClosedClean: clean, wsTerminated: terminated };
+  }
+}

@@ -1,0 +1,138 @@
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import type { Duplex } from "node:stream";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
+import { WebSocketServer, type WebSocket } from "ws";
+import type { Logger } from "../observability/log.js";
+import type { Metrics } from "../observability/metrics.js";
+import type { ListenerState } from "../rpc/server.js";
+import { tokenOf, type Principal, type TokenValidator } from "./auth-cache.js";
+
+const CORS = {
+  "access-control-allow-origin": "*",
+  "access-control-allow-methods": "POST, GET, OPTIONS",
+  "access-control-allow-headers": "content-type, authorization, connect-protocol-version, connect-timeout-ms, x-user-agent",
+  "access-control-max-age": "86400",
+};
+
+export interface PublicServerOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly maxFrameBytes: number;
+  readonly routes: (router: ConnectRouter) => void;
+  readonly interceptors: Interceptor[];
+  readonly tokens: TokenValidator;
+  /** Takes an authenticated WebSocket. */
+  readonly onSocket: (ws: WebSocket, principal: Principal, remoteIp: string) => void;
+  readonly log: Logger;
+  readonly metrics: Metrics;
+}
+
+function refuseUpgrade(socket: Duplex, status: number, text: string): void {
+  socket.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: ${text.length + 1}\r\n\r\n${text}\n`);
+}
+
+/**
+ * The gateway's public listener: Connect API over HTTP/1.1 and WebSocket upgrades on `/ws`.
+ * States: running → draining (new requests and upgrades get 503 with `Connection: close`,
+ * idle keep-alive sockets are closed) → closed.
+ */
+export class PublicServer {
+  readonly #opts: PublicServerOptions;
+  readonly #server: http.Server;
+  readonly #wss: WebSocketServer;
+  #state: ListenerState = "idle";
+  #inFlight = 0;
+  #idle: (() => void) | undefined;
+  readonly counts = { httpCompleted: 0, httpAborted: 0, httpRefused: 0 };
+
+  constructor(opts: PublicServerOptions) {
+    this.#opts = opts;
+    const connect = connectNodeAdapter({ routes: opts.routes, interceptors: opts.interceptors, readMaxBytes: 1024 * 1024 });
+    this.#wss = new WebSocketServer({ noServer: true, maxPayload: opts.maxFrameBytes, perMessageDeflate: false });
+    this.#server = http.createServer((req, res) => {
+      if (this.#state !== "running") {
+        this.counts.httpRefused++;
+        res.writeHead(503, { connection: "close", "content-type": "application/json", ...CORS });
+        return void res.end(JSON.stringify({ code: "unavailable", message: "server is shutting down" }));
+      }
+      for (const [k, v] of Object.entries(CORS)) res.setHeader(k, v);
+      if (req.method === "OPTIONS") return void res.writeHead(204).end();
+      this.#inFlight++;
+      res.once("close", () => {
+        if (res.writableFinished) this.counts.httpCompleted++;
+        else this.counts.httpAborted++;
+        if (--this.#inFlight === 0) this.#idle?.();
+      });
+      connect(req, res);
+    });
+    this.#server.keepAliveTimeout = 30_000;
+    this.#server.headersTimeout = 20_000;
+    this.#server.requestTimeout = 60_000;
+    this.#server.on("upgrade", (req, socket, head) => void this.#upgrade(req, socket, head));
+  }
+
+  get port(): number {
+    return (this.#server.address() as AddressInfo | null)?.port ?? this.#opts.port;
+  }
+
+  get state(): ListenerState {
+    return this.#state;
+  }
+
+  async start(): Promise<void> {
+    await new Promise<void>((resolve, reject) => {
+      this.#server.once("error", reject);
+      this.#server.listen(this.#opts.port, this.#opts.host, () => {
+        this.#server.off("error", reject);
+        resolve();
+      });
+    });
+    this.#state = "running";
+    this.#opts.log.info({ port: this.port }, "public HTTP and WebSocket listening");
+  }
+
+  async #upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    socket.on("error", () => socket.destroy());
+    const url = req.url ?? "/";
+    if (url.split("?")[0] !== "/ws") return refuseUpgrade(socket, 404, "Not Found");
+    if (this.#state !== "running") return refuseUpgrade(socket, 503, "Service Unavailable");
+    let principal: Principal | undefined;
+    try {
+      principal = await this.#opts.tokens.validate(tokenOf({ get: (n) => (req.headers[n] as string | undefined) ?? null }, url));
+    } catch {
+      return refuseUpgrade(socket, 503, "Service Unavailable");
+    }
+    if (!principal) {
+      this.#opts.metrics.badInput.inc({ kind: "bad-token" });
+      return refuseUpgrade(socket, 401, "Unauthorized");
+    }
+    if (this.#state !== "running") return refuseUpgrade(socket, 503, "Service Unavailable");
+    const p = principal;
+    this.#wss.handleUpgrade(req, socket, head, (ws) => this.#opts.onSocket(ws, p, req.socket.remoteAddress ?? ""));
+  }
+
+  /** Stops accepting: closes the listener and idle keep-alive sockets; later requests get 503. */
+  stopAccepting(): void {
+    if (this.#state !== "running") return;
+    this.#state = "draining";
+    this.#server.close();
+    this.#server.closeIdleConnections();
+  }
+
+  /** Resolves when the HTTP requests in flight have been answered. Never rejects. */
+  async finishRequests(): Promise<void> {
+    if (this.#inFlight > 0) await new Promise<void>((r) => (this.#idle = r));
+    this.#server.closeIdleConnections();
+  }
+
+  /** Closes whatever is left (sockets included); idempotent. */
+  close(): void {
+    if (this.#state === "closed") return;
+    this.#state = "closed";
+    this.#server.close();
+    this.#server.closeAllConnections();
+    this.#wss.close();
+  }
+}

@@ -1,0 +1,53 @@
+import type { DescService } from "@bufbuild/protobuf";
+import { Code, ConnectError, type Client } from "@connectrpc/connect";
+import type { RegistryWatch } from "../infra/registry/types.js";
+import type { Channels } from "../rpc/channels.js";
+
+/** Codes after which a call can safely go to another logic instance (every logic call is idempotent or read-only). */
+const RETRYABLE = new Set([Code.Unavailable, Code.DeadlineExceeded, Code.Canceled, Code.ResourceExhausted]);
+const ATTEMPTS = 4;
+
+/**
+ * Calls logic instances: round-robin over the serving ones (draining ones only when none
+ * serves), from a static list or the registry. A call that fails with a retryable code is
+ * retried on the next instance with a short backoff, so a logic restart is invisible to users.
+ */
+export class LogicClient {
+  readonly #channels: Channels;
+  readonly #static: readonly string[];
+  readonly #watch: RegistryWatch | undefined;
+  #next = 0;
+
+  constructor(channels: Channels, opts: { addresses: readonly string[]; watch?: RegistryWatch }) {
+    this.#channels = channels;
+    this.#static = opts.addresses;
+    this.#watch = opts.watch;
+  }
+
+  #addresses(): string[] {
+    if (this.#static.length > 0) return [...this.#static];
+    const entries = this.#watch?.entries() ?? [];
+    const serving = entries.filter((e) => e.state === "serving").map((e) => e.address);
+    return serving.length > 0 ? serving : entries.map((e) => e.address);
+  }
+
+  /** Runs `fn` against one logic instance, retrying others on retryable errors. Rejects with the last ConnectError. */
+  async call<S extends DescService, T>(service: S, fn: (client: Client<S>) => Promise<T>): Promise<T> {
+    let lastErr: unknown = new ConnectError("no logic instance available", Code.Unavailable);
+    for (let attempt = 0; attempt < ATTEMPTS; attempt++) {
+      const addresses = this.#addresses();
+      if (addresses.length > 0) {
+        const address = addresses[this.#next++ % addresses.length]!;
+        try {
+          return await fn(this.#channels.client(service, address));
+        } catch (err) {
+          const ce = ConnectError.from(err);
+          if (!RETRYABLE.has(ce.code)) throw ce;
+          lastErr = ce;
+        }
+      }
+      await new Promise((r) => setTimeout(r, 50 * 2 ** attempt));
+    }
+    throw lastErr;
+  }
+}

@@ -1,0 +1,108 @@
+import { create } from "@bufbuild/protobuf";
+import { PresenceService, UserOfflineSchema, UserOnlineSchema } from "../gen/resonance/logic/v1/logic_pb.js";
+import type { Logger } from "../observability/log.js";
+import type { LogicClient } from "./logic-client.js";
+
+/**
+ * Reports users coming online and going offline on this gateway to logic, batched: a batch
+ * goes when it is full or after `intervalMs`. Only the latest state of a user is sent. Every
+ * `refreshMs` all connected users are re-sent so their routes do not expire. A failed batch is
+ * merged back and retried.
+ */
+export class PresenceReporter {
+  readonly #logic: LogicClient;
+  readonly #gatewayId: string;
+  readonly #opts: { batchSize: number; intervalMs: number; refreshMs: number };
+  readonly #log: Logger;
+  readonly #connected: () => Iterable<string>;
+  readonly #pending = new Map<string, { online: boolean; ip: string; at: number }>();
+  #timer: NodeJS.Timeout | undefined;
+  #refresh: NodeJS.Timeout | undefined;
+  #flushing: Promise<void> | undefined;
+  #seq = 0n;
+  #stopped = false;
+
+  constructor(
+    logic: LogicClient,
+    gatewayId: string,
+    opts: { batchSize: number; intervalMs: number; refreshMs: number },
+    connected: () => Iterable<string>,
+    log: Logger,
+  ) {
+    this.#logic = logic;
+    this.#gatewayId = gatewayId;
+    this.#opts = opts;
+    this.#connected = connected;
+    this.#log = log;
+  }
+
+  start(): void {
+    this.#refresh = setInterval(() => {
+      for (const u of this.#connected()) if (!this.#pending.has(u)) this.#pending.set(u, { online: true, ip: "", at: Date.now() });
+      this.#kick();
+    }, this.#opts.refreshMs);
+    this.#refresh.unref();
+  }
+
+  online(username: string, ip: string): void {
+    this.#pending.set(username, { online: true, ip, at: Date.now() });
+    this.#kick();
+  }
+
+  offline(username: string): void {
+    this.#pending.set(username, { online: false, ip: "", at: Date.now() });
+    this.#kick();
+  }
+
+  #kick(): void {
+    if (this.#stopped) return;
+    if (this.#pending.size >= this.#opts.batchSize) {
+      void this.flush();
+    } else if (!this.#timer) {
+      this.#timer = setTimeout(() => void this.flush(), this.#opts.intervalMs);
+    }
+  }
+
+  /** Sends everything pending; resolves when sent or failed (failures are kept for retry); never rejects. */
+  async flush(): Promise<void> {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    while (this.#flushing) await this.#flushing;
+    if (this.#pending.size === 0) return;
+    this.#flushing = this.#send().finally(() => (this.#flushing = undefined));
+    await this.#flushing;
+  }
+
+  async #send(): Promise<void> {
+    const batch = [...this.#pending.entries()].slice(0, this.#opts.batchSize);
+    for (const [u] of batch) this.#pending.delete(u);
+    const req = {
+      seqId: ++this.#seq,
+      gatewayId: this.#gatewayId,
+      onlineBatch: batch.filter(([, s]) => s.online).map(([u, s]) => create(UserOnlineSchema, { username: u, remoteIp: s.ip, timestamp: BigInt(s.at) })),
+      offlineBatch: batch.filter(([, s]) => !s.online).map(([u, s]) => create(UserOfflineSchema, { username: u, timestamp: BigInt(s.at) })),
+    };
+    try {
+      await this.#logic.call(PresenceService, (c) => c.syncStatus(req));
+    } catch (err) {
+      // Newer states win over the failed ones.
+      for (const [u, s] of batch) if (!this.#pending.has(u)) this.#pending.set(u, s);
+      this.#log.warn({ err, users: batch.length }, "presence batch failed; will retry");
+      if (!this.#stopped) this.#timer ??= setTimeout(() => void this.flush(), 1_000);
+      return;
+    }
+    if (this.#pending.size > 0) this.#kick();
+  }
+
+  /** Flushes what is pending (with bounded retries) and stops; idempotent. */
+  async stop(): Promise<{ presenceFlushed: number }> {
+    clearInterval(this.#refresh);
+    const before = this.#pending.size;
+    for (let i = 0; i < 3 && this.#pending.size > 0; i++) {
+      await this.flush();
+    }
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    return { presenceFlushed: before - this.#pending.size };
+  }
+}

@@ -1,0 +1,59 @@
+import { Code, ConnectError, createContextKey, type Client, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
+import { AuthService, SessionService } from "../gen/resonance/gateway/v1/gateway_pb.js";
+import * as logic from "../gen/resonance/logic/v1/logic_pb.js";
+import type { TokenValidator } from "./auth-cache.js";
+import { tokenOf } from "./auth-cache.js";
+import type { LogicClient } from "./logic-client.js";
+
+const userKey = createContextKey<string>("");
+
+/** Logic's responses have the same fields as the public ones: drop the type name to reuse them. */
+async function same<T extends { $typeName: string }>(p: Promise<T>): Promise<Omit<T, "$typeName">> {
+  const { $typeName: _, ...fields } = await p;
+  return fields;
+}
+
+/**
+ * The public HTTP API (Connect protocol, JSON and binary): each method authenticates the
+ * caller and forwards to logic with the caller's username, never a username from the request.
+ */
+export function publicRoutes(l: LogicClient, tokens: TokenValidator) {
+  const authenticate: Interceptor = (next) => async (req) => {
+    const open = req.service.typeName === AuthService.typeName && req.method.name !== "Logout";
+    if (!open) {
+      const principal = await tokens.validate(tokenOf(req.header, req.url));
+      if (!principal) throw new ConnectError("missing, invalid or expired token", Code.Unauthenticated);
+      req.contextValues.set(userKey, principal.username);
+    }
+    return next(req);
+  };
+
+  const auth = <T extends { $typeName: string }>(fn: (c: Client<typeof logic.AuthService>) => Promise<T>) => same(l.call(logic.AuthService, fn));
+  const session = <T extends { $typeName: string }>(fn: (c: Client<typeof logic.SessionService>) => Promise<T>) =>
+    same(l.call(logic.SessionService, fn));
+
+  const routes = (router: ConnectRouter) => {
+    router.service(AuthService, {
+      login: (req) => auth((c) => c.login({ username: req.username, password: req.password })),
+      register: (req) => auth((c) => c.register({ username: req.username, password: req.password, nickname: req.nickname })),
+      // Tokens are stateless and expire on their own; the client forgets its token.
+      logout: async () => ({ success: true }),
+    });
+    router.service(SessionService, {
+      getSessionList: (_req, ctx) => session((c) => c.getSessionList({ username: ctx.values.get(userKey) })),
+      createSession: (req, ctx) =>
+        session((c) => c.createSession({ creatorUsername: ctx.values.get(userKey), members: req.members, name: req.name, type: req.type })),
+      getHistoryMessages: (req, ctx) =>
+        session((c) =>
+          c.getHistoryMessages({ username: ctx.values.get(userKey), sessionId: req.sessionId, limit: req.limit, beforeSeq: req.beforeSeq }),
+        ),
+      getContactList: (_req, ctx) => session((c) => c.getContactList({ username: ctx.values.get(userKey) })),
+      searchUser: (req) => session((c) => c.searchUser({ query: req.query })),
+      updateReadPosition: (req, ctx) =>
+        session((c) => c.updateReadPosition({ username: ctx.values.get(userKey), sessionId: req.sessionId, seqId: req.seqId })),
+      pullInboxDelta: (req, ctx) =>
+        session((c) => c.pullInboxDelta({ username: ctx.values.get(userKey), cursorId: req.cursorId, limit: req.limit })),
+    });
+  };
+  return { routes, interceptors: [authenticate] };
+}

@@ -1,0 +1,24 @@
+/**
+ * Fault injection for tests (RESONANCE_FAULTS, off by default): a named point waits the given
+ * milliseconds, or forever for "hang". Names: `phase.<phase-name>`, `logic.<Method>`,
+ * `task.handle`.
+ */
+export class Faults {
+  readonly #faults: ReadonlyMap<string, number | "hang">;
+
+  constructor(faults: ReadonlyMap<string, number | "hang">) {
+    this.#faults = faults;
+  }
+
+  /** Resolves after the configured delay for `name` (at once when none is set); never rejects. */
+  async at(name: string): Promise<void> {
+    const f = this.#faults.get(name);
+    if (f === undefined) return;
+    if (f === "hang") return new Promise<void>(() => {});
+    await new Promise((r) => setTimeout(r, f));
+  }
+
+  get enabled(): boolean {
+    return this.#faults.size > 0;
+  }
+}

@@ -1,0 +1,77 @@
+import type { Migration } from "../infra/storage/migrate.js";
+
+/**
+ * The schema, as versioned migrations. Never edit an applied migration: add a new one.
+ * The same SQL runs on PostgreSQL and PGlite.
+ */
+export const migrations: readonly Migration[] = [
+  {
+    version: 1,
+    name: "initial schema",
+    sql: `
+      create table users (
+        username      text primary key,
+        nickname      text not null,
+        avatar_url    text not null default '',
+        password_hash text not null,
+        created_at    timestamptz not null default now()
+      );
+
+      create table sessions (
+        id          text primary key,
+        name        text not null,
+        type        int not null check (type in (1, 2)),
+        avatar_url  text not null default '',
+        max_seq_id  bigint not null default 0,
+        created_at  timestamptz not null default now()
+      );
+      create sequence group_session_id;
+
+      create table session_members (
+        session_id    text not null references sessions (id),
+        username      text not null references users (username),
+        last_read_seq bigint not null default 0,
+        joined_at     timestamptz not null default now(),
+        primary key (session_id, username)
+      );
+      create index session_members_by_user on session_members (username);
+
+      create table messages (
+        id            bigserial primary key,
+        session_id    text not null references sessions (id),
+        seq_id        bigint not null,
+        sender        text not null,
+        to_username   text not null default '',
+        content       text not null,
+        type          text not null,
+        client_msg_id text,
+        created_at    bigint not null,
+        unique (session_id, seq_id),
+        unique (sender, client_msg_id)
+      );
+
+      -- The inbox: one row per member per message; its id is the delta cursor.
+      create table inbox (
+        id         bigserial primary key,
+        owner      text not null,
+        session_id text not null,
+        seq_id     bigint not null,
+        msg_id     bigint not null,
+        unique (owner, session_id, seq_id)
+      );
+      create index inbox_by_owner on inbox (owner, id);
+
+      -- Events committed with their message and not yet published to the queue.
+      create table outbox (
+        id         bigserial primary key,
+        msg_id     bigint not null,
+        payload    bytea not null,
+        created_at timestamptz not null default now(),
+        -- A relay claims rows for a while; a relay that died leaves them to the next one.
+        claimed_until timestamptz
+      );
+
+      insert into sessions (id, name, type) values ('0', 'Resonance Room', 2);
+    `,
+  },
+];

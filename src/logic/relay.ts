@@ -1,0 +1,122 @@
+import type { EventPublisher } from "../infra/queue/types.js";
+import type { Logger } from "../observability/log.js";
+import type { Metrics } from "../observability/metrics.js";
+import type { LogicStore } from "./store.js";
+
+/** How long a relay owns the rows it took; after that another relay may publish them again. */
+const CLAIM_MS = 30_000;
+
+export interface RelayOptions {
+  readonly batchSize: number;
+  readonly intervalMs: number;
+}
+
+/**
+ * The outbox relay: claims committed events from the outbox table (SKIP LOCKED,
+ * so several logic instances share the work), publishes them with their msg_id as dedup id,
+ * and deletes them only after every publish was acknowledged. A failure leaves the rows for
+ * the next round (backoff up to 5 s); a redelivery is harmless downstream.
+ */
+export class OutboxRelay {
+  readonly #store: LogicStore;
+  readonly #publisher: EventPublisher;
+  readonly #opts: RelayOptions;
+  readonly #log: Logger;
+  readonly #metrics: Metrics;
+  #state: "idle" | "running" | "stopping" | "stopped" = "idle";
+  #timer: NodeJS.Timeout | undefined;
+  #wake = false;
+  #running: Promise<void> | undefined;
+  #failures = 0;
+  #flushed = 0;
+
+  constructor(store: LogicStore, publisher: EventPublisher, opts: RelayOptions, log: Logger, metrics: Metrics) {
+    this.#store = store;
+    this.#publisher = publisher;
+    this.#opts = opts;
+    this.#log = log;
+    this.#metrics = metrics;
+  }
+
+  start(): void {
+    if (this.#state !== "idle") return;
+    this.#state = "running";
+    this.poke();
+  }
+
+  /** Asks for a round as soon as the current one ends (called after every commit). */
+  poke(): void {
+    if (this.#state !== "running") return;
+    if (this.#running) {
+      this.#wake = true;
+      return;
+    }
+    clearTimeout(this.#timer);
+    this.#running = this.#loop().finally(() => {
+      this.#running = undefined;
+      this.#schedule();
+    });
+  }
+
+  #schedule(): void {
+    if (this.#state !== "running") return;
+    const backoff = this.#failures === 0 ? this.#opts.intervalMs : Math.min(5_000, 100 * 2 ** this.#failures);
+    if (this.#wake && this.#failures === 0) {
+      this.#wake = false;
+      this.poke();
+      return;
+    }
+    this.#timer = setTimeout(() => this.poke(), backoff);
+    this.#timer.unref();
+  }
+
+  async #loop(): Promise<void> {
+    try {
+      // Keep going while full batches come back: a backlog drains without waiting for the timer.
+      while ((await this.#round()) === this.#opts.batchSize && this.#state === "running");
+      this.#failures = 0;
+    } catch (err) {
+      this.#failures++;
+      this.#log.warn({ err, failures: this.#failures }, "outbox relay round failed; will retry");
+    }
+  }
+
+  /** One batch: resolves with the number of events published. */
+  async #round(): Promise<number> {
+    const rows = await this.#store.claimOutbox(this.#opts.batchSize, CLAIM_MS);
+    if (rows.length === 0) return 0;
+    const ids = rows.map((r) => r.id);
+    try {
+      await this.#publisher.publish(rows.map((r) => ({ id: r.msg_id, data: r.payload })));
+    } catch (err) {
+      await this.#store.releaseOutbox(ids).catch(() => {});
+      throw err;
+    }
+    await this.#store.deleteOutbox(ids);
+    this.#metrics.outboxPublished.inc(rows.length);
+    this.#flushed += rows.length;
+    return rows.length;
+  }
+
+  /**
+   * Stops polling, lets the batch in flight finish, then makes one last bounded flush.
+   * Resolves with how many events were published in total and how many remain; never rejects.
+   */
+  async stop(): Promise<{ flushed: number; pending: number }> {
+    if (this.#state === "stopped" || this.#state === "idle") {
+      this.#state = "stopped";
+      return { flushed: this.#flushed, pending: 0 };
+    }
+    this.#state = "stopping";
+    clearTimeout(this.#timer);
+    await this.#running;
+    try {
+      for (let i = 0; i < 20 && (await this.#round()) > 0; i++);
+    } catch (err) {
+      this.#log.warn({ err }, "last outbox flush failed; rows stay for the next relay");
+    }
+    this.#state = "stopped";
+    const pending = await this.#store.outboxBacklog().catch(() => -1);
+    return { flushed: this.#flushed, pending };
+  }
+}

@@ -1,0 +1,367 @@
+import { create, toBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import {
+  ContactInfoSchema,
+  InboxEventSchema,
+  PushMessageSchema,
+  SessionInfoSchema,
+  SessionMetaSchema,
+  type ContactInfo,
+  type InboxEvent,
+  type PushMessage,
+  type SessionInfo,
+} from "../gen/resonance/gateway/v1/gateway_pb.js";
+import { PushEventSchema } from "../gen/resonance/mq/v1/mq_pb.js";
+import type { Queryable, Storage } from "../infra/storage/types.js";
+
+export const PUBLIC_ROOM = "0";
+export const SESSION_SINGLE = 1;
+export const SESSION_GROUP = 2;
+
+interface MessageRow {
+  id: string;
+  session_id: string;
+  seq_id: string;
+  sender: string;
+  to_username: string;
+  content: string;
+  type: string;
+  created_at: string;
+}
+
+export interface UserRow {
+  username: string;
+  nickname: string;
+  avatar_url: string;
+  password_hash: string;
+}
+
+export interface NewMessage {
+  sessionId: string;
+  from: string;
+  to: string;
+  content: string;
+  type: string;
+  clientMsgId: string | undefined;
+}
+
+export interface Committed {
+  msgId: bigint;
+  seqId: bigint;
+  sessionId: string;
+  /** False when this was a resend of an already committed client message id. */
+  created: boolean;
+}
+
+const MSG_COLUMNS = "m.id, m.session_id, m.seq_id, m.sender, m.to_username, m.content, m.type, m.created_at";
+
+function toPush(r: MessageRow, meta?: { name: string; type: number }): PushMessage {
+  return create(PushMessageSchema, {
+    msgId: BigInt(r.id),
+    seqId: BigInt(r.seq_id),
+    sessionId: r.session_id,
+    fromUsername: r.sender,
+    toUsername: r.to_username,
+    content: r.content,
+    type: r.type,
+    timestamp: BigInt(r.created_at),
+    ...(meta && r.type === "system" ? { sessionMeta: create(SessionMetaSchema, meta) } : {}),
+  });
+}
+
+/** Sentinel used to roll back a transaction that found the message already committed. */
+class AlreadyCommitted {
+  constructor(readonly msgId: bigint, readonly seqId: bigint) {}
+}
+
+/** Every SQL statement of the logic service. Parameterized only. */
+export class LogicStore {
+  readonly #db: Storage;
+
+  constructor(db: Storage) {
+    this.#db = db;
+  }
+
+  async findUser(username: string): Promise<UserRow | undefined> {
+    const { rows } = await this.#db.query<UserRow>(
+      "select username, nickname, avatar_url, password_hash from users where username = $1",
+      [username],
+    );
+    return rows[0];
+  }
+
+  /** Creates the user and joins them to the public room; false if the name is taken. */
+  async createUser(username: string, nickname: string, passwordHash: string): Promise<boolean> {
+    return this.#db.transaction(async (tx) => {
+      const { rowCount } = await tx.query(
+        "insert into users (username, nickname, password_hash) values ($1, $2, $3) on conflict do nothing",
+        [username, nickname, passwordHash],
+      );
+      if (rowCount === 0) return false;
+      await tx.query(
+        "insert into session_members (session_id, username, last_read_seq) select id, $2, max_seq_id from sessions where id = $1",
+        [PUBLIC_ROOM, username],
+      );
+      return true;
+    });
+  }
+
+  async existingUsers(usernames: readonly string[]): Promise<Set<string>> {
+    const { rows } = await this.#db.query<{ username: string }>("select username from users where username = any($1)", [usernames]);
+    return new Set(rows.map((r) => r.username));
+  }
+
+  async isMember(sessionId: string, username: string): Promise<boolean> {
+    const { rows } = await this.#db.query("select 1 from session_members where session_id = $1 and username = $2", [sessionId, username]);
+    return rows.length > 0;
+  }
+
+  async requireMember(sessionId: string, username: string): Promise<void> {
+    if (!(await this.isMember(sessionId, username))) {
+      throw new ConnectError(`not a member of session ${sessionId}`, Code.PermissionDenied);
+    }
+  }
+
+  /**
+   * Creates a session with its members and its system message, in one transaction.
+   * Resolves with the id and whether it was created (a single chat that exists is returned as is).
+   */
+  async createSession(
+    id: string | undefined,
+    name: string,
+    type: number,
+    creator: string,
+    members: readonly string[],
+    announce: string,
+  ): Promise<{ sessionId: string; created: Committed | undefined }> {
+    return this.#db.transaction(async (tx) => {
+      let sessionId = id;
+      if (sessionId === undefined) {
+        const { rows } = await tx.query<{ id: string }>("select nextval('group_session_id')::text as id");
+        sessionId = `group:${rows[0]!.id}`;
+      }
+      const { rowCount } = await tx.query(
+        "insert into sessions (id, name, type) values ($1, $2, $3) on conflict (id) do nothing",
+        [sessionId, name, type],
+      );
+      if (rowCount === 0) return { sessionId, created: undefined };
+      await tx.query(
+        "insert into session_members (session_id, username) select $1, unnest($2::text[]) on conflict do nothing",
+        [sessionId, [...new Set([creator, ...members])]],
+      );
+      const created = await this.#insertMessage(tx, {
+        sessionId,
+        from: creator,
+        to: "",
+        content: announce,
+        type: "system",
+        clientMsgId: undefined,
+      });
+      return { sessionId, created };
+    });
+  }
+
+  /**
+   * Commits a message: takes the session's next seq (row lock: commit order = seq order, no
+   * gaps), writes the message and its outbox event. A resend of a committed (sender,
+   * clientMsgId) returns the original ids and writes nothing.
+   */
+  async sendMessage(m: NewMessage): Promise<Committed> {
+    if (m.clientMsgId) {
+      const existing = await this.#findByClientId(this.#db, m.from, m.clientMsgId);
+      if (existing) return existing;
+    }
+    try {
+      return await this.#db.transaction((tx) => this.#insertMessage(tx, m));
+    } catch (err) {
+      if (err instanceof AlreadyCommitted) {
+        return { msgId: err.msgId, seqId: err.seqId, sessionId: m.sessionId, created: false };
+      }
+      throw err;
+    }
+  }
+
+  async #findByClientId(q: Queryable, sender: string, clientMsgId: string): Promise<Committed | undefined> {
+    const { rows } = await q.query<{ id: string; seq_id: string; session_id: string }>(
+      "select id, seq_id, session_id from messages where sender = $1 and client_msg_id = $2",
+      [sender, clientMsgId],
+    );
+    const r = rows[0];
+    return r && { msgId: BigInt(r.id), seqId: BigInt(r.seq_id), sessionId: r.session_id, created: false };
+  }
+
+  async #insertMessage(tx: Queryable, m: NewMessage): Promise<Committed> {
+    const { rows: s } = await tx.query<{ max_seq_id: string; name: string; type: number }>(
+      "update sessions set max_seq_id = max_seq_id + 1 where id = $1 returning max_seq_id, name, type",
+      [m.sessionId],
+    );
+    const session = s[0];
+    if (!session) throw new ConnectError(`session ${m.sessionId} does not exist`, Code.NotFound);
+    if (m.clientMsgId) {
+      // A concurrent resend may have committed while we waited for the session row lock.
+      const existing = await this.#findByClientId(tx, m.from, m.clientMsgId);
+      if (existing) throw new AlreadyCommitted(existing.msgId, existing.seqId);
+    }
+    const now = Math.floor(Date.now() / 1000);
+    const { rows } = await tx.query<{ id: string }>(
+      `insert into messages (session_id, seq_id, sender, to_username, content, type, client_msg_id, created_at)
+       values ($1, $2, $3, $4, $5, $6, $7, $8) returning id`,
+      [m.sessionId, session.max_seq_id, m.from, m.to, m.content, m.type, m.clientMsgId ?? null, now],
+    );
+    const msgId = BigInt(rows[0]!.id);
+    const seqId = BigInt(session.max_seq_id);
+    const event = create(PushEventSchema, {
+      msgId,
+      seqId,
+      sessionId: m.sessionId,
+      fromUsername: m.from,
+      toUsername: m.to,
+      content: m.content,
+      type: m.type,
+      timestamp: BigInt(now),
+      sessionName: session.name,
+      sessionType: session.type,
+    });
+    await tx.query("insert into outbox (msg_id, payload) values ($1, $2)", [msgId.toString(), toBinary(PushEventSchema, event)]);
+    return { msgId, seqId, sessionId: m.sessionId, created: true };
+  }
+
+  async sessionList(username: string): Promise<SessionInfo[]> {
+    const { rows } = await this.#db.query<
+      MessageRow & { sid: string; name: string; stype: number; avatar_url: string; max_seq_id: string; last_read_seq: string }
+    >(
+      `select s.id as sid, s.name, s.type as stype, s.avatar_url, s.max_seq_id, sm.last_read_seq, ${MSG_COLUMNS}
+         from session_members sm
+         join sessions s on s.id = sm.session_id
+         left join messages m on m.session_id = s.id and m.seq_id = s.max_seq_id
+        where sm.username = $1
+        order by m.id desc nulls last, s.id`,
+      [username],
+    );
+    return rows.map((r) => {
+      const unread = BigInt(r.max_seq_id) - BigInt(r.last_read_seq);
+      return create(SessionInfoSchema, {
+        sessionId: r.sid,
+        name: r.stype === SESSION_SINGLE ? singleChatName(r.sid, username) : r.name,
+        type: r.stype,
+        avatarUrl: r.avatar_url,
+        unreadCount: unread > 0n ? unread : 0n,
+        lastReadSeq: BigInt(r.last_read_seq),
+        ...(r.id ? { lastMessage: toPush(r, { name: r.name, type: r.stype }) } : {}),
+      });
+    });
+  }
+
+  /** Messages before `beforeSeq` (0 = newest), ascending by seq. */
+  async history(sessionId: string, beforeSeq: bigint, limit: number): Promise<PushMessage[]> {
+    const { rows } = await this.#db.query<MessageRow & { name: string; stype: number }>(
+      `select ${MSG_COLUMNS}, s.name, s.type as stype from messages m join sessions s on s.id = m.session_id
+        where m.session_id = $1 and ($2::bigint = 0 or m.seq_id < $2::bigint)
+        order by m.seq_id desc limit $3`,
+      [sessionId, beforeSeq.toString(), limit],
+    );
+    return rows.reverse().map((r) => toPush(r, { name: r.name, type: r.stype }));
+  }
+
+  async contacts(username: string): Promise<ContactInfo[]> {
+    const { rows } = await this.#db.query<{ username: string; nickname: string; avatar_url: string }>(
+      `select distinct u.username, u.nickname, u.avatar_url
+         from session_members mine
+         join sessions s on s.id = mine.session_id and s.type = $2
+         join session_members other on other.session_id = mine.session_id and other.username <> mine.username
+         join users u on u.username = other.username
+        where mine.username = $1
+        order by u.username`,
+      [username, SESSION_SINGLE],
+    );
+    return rows.map((r) => create(ContactInfoSchema, { username: r.username, nickname: r.nickname, avatarUrl: r.avatar_url }));
+  }
+
+  async searchUsers(query: string, limit: number): Promise<ContactInfo[]> {
+    const pattern = `%${query.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
+    const { rows } = await this.#db.query<{ username: string; nickname: string; avatar_url: string }>(
+      `select username, nickname, avatar_url from users
+        where username ilike $1 or nickname ilike $1 order by username limit $2`,
+      [pattern, limit],
+    );
+    return rows.map((r) => create(ContactInfoSchema, { username: r.username, nickname: r.nickname, avatarUrl: r.avatar_url }));
+  }
+
+  /** Moves the read position forward (never back, never past the last message); resolves with the unread count. */
+  async updateReadPosition(sessionId: string, username: string, seqId: bigint): Promise<bigint> {
+    const { rows } = await this.#db.query<{ last_read_seq: string; max_seq_id: string }>(
+      `update session_members sm
+          set last_read_seq = greatest(sm.last_read_seq, least($3::bigint, s.max_seq_id))
+         from sessions s
+        where s.id = sm.session_id and sm.session_id = $1 and sm.username = $2
+        returning sm.last_read_seq, s.max_seq_id`,
+      [sessionId, username, seqId.toString()],
+    );
+    const r = rows[0];
+    if (!r) throw new ConnectError(`not a member of session ${sessionId}`, Code.PermissionDenied);
+    const unread = BigInt(r.max_seq_id) - BigInt(r.last_read_seq);
+    return unread > 0n ? unread : 0n;
+  }
+
+  async inboxDelta(username: string, cursor: bigint, limit: number): Promise<{ events: InboxEvent[]; next: bigint; hasMore: boolean }> {
+    const { rows } = await this.#db.query<MessageRow & { inbox_id: string; name: string; stype: number }>(
+      `select i.id as inbox_id, ${MSG_COLUMNS}, s.name, s.type as stype
+         from inbox i
+         join messages m on m.id = i.msg_id
+         join sessions s on s.id = m.session_id
+        where i.owner = $1 and i.id > $2
+        order by i.id limit $3`,
+      [username, cursor.toString(), limit + 1],
+    );
+    const hasMore = rows.length > limit;
+    const page = rows.slice(0, limit);
+    const events = page.map((r) => create(InboxEventSchema, { inboxId: BigInt(r.inbox_id), message: toPush(r, { name: r.name, type: r.stype }) }));
+    const last = page.at(-1);
+    return { events, next: last ? BigInt(last.inbox_id) : cursor, hasMore };
+  }
+
+  /**
+   * Claims up to `limit` unclaimed (or expired) outbox rows, oldest first, for `claimMs`, in a
+   * short transaction of its own, so publishing never holds a transaction open.
+   */
+  async claimOutbox(limit: number, claimMs: number): Promise<Array<{ id: string; msg_id: string; payload: Uint8Array }>> {
+    const { rows } = await this.#db.query<{ id: string; msg_id: string; payload: Uint8Array }>(
+      `update outbox set claimed_until = now() + ($2::int * interval '1 millisecond')
+        where id in (select id from outbox where claimed_until is null or claimed_until < now()
+                      order by id limit $1 for update skip locked)
+        returning id, msg_id, payload`,
+      [limit, claimMs],
+    );
+    return rows.sort((a, b) => Number(BigInt(a.id) - BigInt(b.id)));
+  }
+
+  /** Marks events as sent: the rows go. */
+  async deleteOutbox(ids: readonly string[]): Promise<void> {
+    await this.#db.query("delete from outbox where id = any($1::bigint[])", [ids]);
+  }
+
+  /** Gives claimed rows back at once (publish failed). */
+  async releaseOutbox(ids: readonly string[]): Promise<void> {
+    await this.#db.query("update outbox set claimed_until = null where id = any($1::bigint[])", [ids]);
+  }
+
+  async outboxBacklog(): Promise<number> {
+    const { rows } = await this.#db.query<{ n: string }>("select count(*) as n from outbox");
+    return Number(rows[0]?.n ?? 0);
+  }
+
+  get db(): Storage {
+    return this.#db;
+  }
+}
+
+/** The id of the single chat between two users: `single:<a>:<b>`, names sorted. */
+export function singleChatId(a: string, b: string): string {
+  return a < b ? `single:${a}:${b}` : `single:${b}:${a}`;
+}
+
+/** A single chat is named after the other member. */
+function singleChatName(sessionId: string, me: string): string {
+  const [, a, b] = sessionId.split(":");
+  return (a === me ? b : a) ?? sessionId;
+}

@@ -1,0 +1,55 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+
+/**
+ * Every Prometheus metric of a process, in one registry (no global state: two processes'
+ * worth of services in one test process do not collide). Gauges with collect callbacks are
+ * added by their owners through `gauge()`.
+ */
+export class Metrics {
+  readonly registry = new Registry();
+  readonly wsConnections = new Gauge({ name: "resonance_ws_connections", help: "Open WebSocket connections", registers: [this.registry] });
+  readonly wsClosed = new Counter({
+    name: "resonance_ws_closed_total",
+    help: "WebSocket connections closed, by close code and reason",
+    labelNames: ["code", "reason"],
+    registers: [this.registry],
+  });
+  readonly messagesIn = new Counter({ name: "resonance_messages_in_total", help: "Chat messages received from clients", registers: [this.registry] });
+  readonly messagesOut = new Counter({ name: "resonance_messages_out_total", help: "Messages pushed to clients", registers: [this.registry] });
+  readonly ackLatency = new Histogram({
+    name: "resonance_ack_latency_seconds",
+    help: "Chat message receipt to ack",
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [this.registry],
+  });
+  readonly badInput = new Counter({ name: "resonance_bad_input_total", help: "Rejected malformed input", labelNames: ["kind"], registers: [this.registry] });
+  readonly messagesCommitted = new Counter({ name: "resonance_messages_committed_total", help: "Messages committed by logic", registers: [this.registry] });
+  readonly outboxPublished = new Counter({ name: "resonance_outbox_published_total", help: "Outbox events published", registers: [this.registry] });
+  readonly eventsHandled = new Counter({
+    name: "resonance_events_handled_total",
+    help: "Queue events handled by task, by outcome",
+    labelNames: ["outcome"],
+    registers: [this.registry],
+  });
+  readonly pushes = new Counter({ name: "resonance_pushes_total", help: "Push RPCs from task to gateways, by outcome", labelNames: ["outcome"], registers: [this.registry] });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry });
+  }
+
+  /** A gauge whose value is read when scraped. */
+  gauge(name: string, help: string, read: () => number | Promise<number>): void {
+    new Gauge({
+      name,
+      help,
+      registers: [this.registry],
+      async collect() {
+        try {
+          this.set(await read());
+        } catch {
+          // A scrape while a dependency is down reports the last value.
+        }
+      },
+    });
+  }
+}

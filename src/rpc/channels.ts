@@ -1,0 +1,61 @@
+import type { DescService } from "@bufbuild/protobuf";
+import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
+import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
+
+interface Channel {
+  readonly manager: Http2SessionManager;
+  readonly transport: ReturnType<typeof createGrpcTransport>;
+  readonly clients: Map<string, unknown>;
+}
+
+/**
+ * gRPC client channels keyed by address (host:port), one HTTP/2 connection each, reused by
+ * every call. `close()` aborts them all; idempotent.
+ */
+export class Channels {
+  readonly #channels = new Map<string, Channel>();
+  readonly #interceptors: Interceptor[];
+  readonly #timeoutMs: number;
+  #closed = false;
+
+  constructor(opts: { timeoutMs: number; interceptors?: Interceptor[] }) {
+    this.#timeoutMs = opts.timeoutMs;
+    this.#interceptors = opts.interceptors ?? [];
+  }
+
+  client<S extends DescService>(service: S, address: string): Client<S> {
+    if (this.#closed) throw new Error("channels are closed");
+    let ch = this.#channels.get(address);
+    if (!ch) {
+      const baseUrl = `http://${address}`;
+      const manager = new Http2SessionManager(baseUrl, { pingIntervalMs: 15_000, pingTimeoutMs: 10_000, idleConnectionTimeoutMs: 60_000 });
+      const transport = createGrpcTransport({
+        baseUrl,
+        sessionManager: manager,
+        defaultTimeoutMs: this.#timeoutMs,
+        interceptors: this.#interceptors,
+      });
+      ch = { manager, transport, clients: new Map() };
+      this.#channels.set(address, ch);
+    }
+    let client = ch.clients.get(service.typeName) as Client<S> | undefined;
+    if (!client) {
+      client = createClient(service, ch.transport);
+      ch.clients.set(service.typeName, client);
+    }
+    return client;
+  }
+
+  /** Drops the channel to an address that left the registry. */
+  forget(address: string): void {
+    this.#channels.get(address)?.manager.abort();
+    this.#channels.delete(address);
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const ch of this.#channels.values()) ch.manager.abort();
+    this.#channels.clear();
+  }
+}
