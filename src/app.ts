@@ -5,7 +5,7 @@ import type { Config } from "./config/config.js";
 import { ConfigError } from "./config/config.js";
 import { GatewayService } from "./gateway/index.js";
 import { createQueue } from "./infra/queue/index.js";
-import type { Queue } from "./infra/queue/types.js";
+import { DEAD_LETTER_SUBJECT, PUSH_SUBJECT, type Queue } from "./infra/queue/types.js";
 import { createRegistry } from "./infra/registry/index.js";
 import type { Registry } from "./infra/registry/types.js";
 import { createRouteTable } from "./infra/routes/index.js";
@@ -60,7 +60,7 @@ export class App {
     this.config = config;
     this.role = role;
     this.log = log ?? createLogger(role, config.instanceId, config.logLevel);
-    this.faults = new Faults(config.faults);
+    this.faults = new Faults(config.faults, this.log);
   }
 
   get connectionName(): string {
@@ -103,7 +103,16 @@ export class App {
       "health",
       new HealthServer({ host: c.listen.host, port: c.listen.metricsPort ?? METRICS_PORT[r], metrics: this.metrics, log }),
     );
-    const registry = await this.#open("registry", createRegistry({ endpoints: c.etcdEndpoints, name, log: log.child({ part: "registry" }) }));
+    const ns = c.namespace;
+    const registry = await this.#open(
+      "registry",
+      createRegistry({
+        endpoints: c.etcdEndpoints,
+        name,
+        log: log.child({ part: "registry" }),
+        ...(ns ? { prefix: `/${ns}/resonance/services/` } : {}),
+      }),
+    );
     this.#registry = registry;
     this.#lost.push(registry.lost);
     const needsData = r !== "gateway";
@@ -116,11 +125,23 @@ export class App {
       if (r === "all") await migrate(storage, migrations, log);
       this.#routes = await this.#open(
         "routes",
-        createRouteTable({ redisUrl: c.redisUrl, name, ttlMs: c.presence.routeTtlMs, log: log.child({ part: "routes" }) }),
+        createRouteTable({
+          redisUrl: c.redisUrl,
+          name,
+          ttlMs: c.presence.routeTtlMs,
+          log: log.child({ part: "routes" }),
+          ...(ns ? { prefix: `${ns}:resonance:route:` } : {}),
+        }),
       );
       this.#queue = await this.#open(
         "queue",
-        createQueue({ natsUrl: c.natsUrl, name, log: log.child({ part: "queue" }), ackWaitMs: c.task.ackWaitMs }),
+        createQueue({
+          natsUrl: c.natsUrl,
+          name,
+          log: log.child({ part: "queue" }),
+          ackWaitMs: c.task.ackWaitMs,
+          ...(ns ? { stream: `RESONANCE_PUSH_${ns.toUpperCase()}`, subjects: { push: `${ns}.${PUSH_SUBJECT}`, deadLetter: `${ns}.${DEAD_LETTER_SUBJECT}` } } : {}),
+        }),
       );
       this.#lost.push(this.#queue!.lost);
     }
