@@ -41,9 +41,12 @@ export class LogicClient {
         try {
           return await fn(this.#channels.client(service, address));
         } catch (err) {
+          // A fresh error: the original carries logic's gRPC response headers, which must not
+          // leak into the gateway's own responses.
           const ce = ConnectError.from(err);
-          if (!RETRYABLE.has(ce.code)) throw ce;
-          lastErr = ce;
+          const clean = new ConnectError(ce.rawMessage, ce.code);
+          if (!RETRYABLE.has(ce.code)) throw clean;
+          lastErr = clean;
         }
       }
       await new Promise((r) => setTimeout(r, 50 * 2 ** attempt));

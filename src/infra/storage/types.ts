@@ -1,4 +1,8 @@
-/** Something that runs SQL: the pool itself, or one transaction. Parameters are `$1, $2, ...`. */
+/**
+ * Something that runs SQL: the pool itself, or one transaction. Parameters are `$1, $2, ...`.
+ * Both adapters return int8 (bigint, bigserial, `count(*)`) and numeric columns as JS strings
+ * (`BigInt(row.x)` to use them), timestamptz as `Date`, bytea as `Uint8Array`.
+ */
 export interface Queryable {
   query<R = Record<string, unknown>>(sql: string, params?: readonly unknown[]): Promise<{ rows: R[]; rowCount: number }>;
 }

@@ -1,0 +1,279 @@
+import type { Logger } from "../../observability/log.js";
+import type { ConsumerStats, DeliveredEvent, EventConsumer, EventPublisher, OutgoingEvent, Queue } from "./types.js";
+
+export interface EmbeddedQueueOptions {
+  readonly log: Logger;
+  /** A delivery not settled within this time (reset by `working()`) is delivered again. */
+  readonly ackWaitMs: number;
+  /** How many recently acked ids are remembered for dedup (default 100 000). */
+  readonly dedupCapacity?: number;
+  /** How many dead letters are kept for inspection (default 1 000). */
+  readonly deadLetterCapacity?: number;
+}
+
+/** publish() could not hand an event over (consumer stopped, queue closed): retry later, dedup makes it safe. */
+export class QueueUnavailableError extends Error {
+  readonly code = "QUEUE_UNAVAILABLE";
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "QueueUnavailableError";
+  }
+}
+
+export interface DeadLetter {
+  readonly id: string;
+  readonly data: Uint8Array;
+  readonly reason: string;
+  readonly at: Date;
+}
+
+interface Entry {
+  readonly id: string;
+  readonly data: Uint8Array;
+  deliveries: number;
+  /** Acked, dead-lettered or rejected: nothing more happens to it. */
+  done: boolean;
+  readonly waiters: Array<{ resolve: () => void; reject: (err: Error) => void }>;
+}
+
+type State = "idle" | "consuming" | "stopping" | "stopped" | "closed";
+
+/**
+ * The in-process queue of standalone mode. It keeps nothing on disk: durability comes from the
+ * caller, whose `publish()` resolves only once the consumer has acked (or dead-lettered) every
+ * event of the call, so the caller's outbox row outlives any event lost in a crash. Before the
+ * first `consume()` events wait; after `stop()` the events not started are handed back — their
+ * `publish()` rejects with {@link QueueUnavailableError} — and new publishes reject at once until
+ * `consume()` is called again. Ids acked recently (bounded) resolve at once; an id waiting or in
+ * flight is never queued twice.
+ */
+export class EmbeddedQueue implements Queue {
+  readonly kind = "embedded" as const;
+  /** In-process: never lost. */
+  readonly lost: Promise<Error> = new Promise<Error>(() => undefined);
+  readonly publisher: EventPublisher = { publish: (events) => this.#publish(events) };
+  readonly consumer: EventConsumer = {
+    consume: (handler, concurrency) => this.#consume(handler, concurrency),
+    stop: () => this.#stop(),
+    stats: () => ({ ...this.#stats }),
+    pending: async () => ({ ackPending: this.#inflight.size, waiting: this.#byId.size - this.#inflight.size }),
+  };
+  readonly #opts: EmbeddedQueueOptions;
+  readonly #log: Logger;
+  readonly #stats: ConsumerStats = { acked: 0, naked: 0 };
+  /** Every entry not done, waiting or in flight. */
+  readonly #byId = new Map<string, Entry>();
+  readonly #inflight = new Set<Entry>();
+  /** Delivery order; may hold entries that became done meanwhile (skipped). */
+  #waiting: Entry[] = [];
+  readonly #acked = new Set<string>();
+  readonly #deadLetters: DeadLetter[] = [];
+  #state: State = "idle";
+  #handler: ((event: DeliveredEvent) => Promise<void>) | undefined;
+  #concurrency = 1;
+  #running = 0;
+  #idle: (() => void) | undefined;
+  #pumpScheduled = false;
+  #stopping: Promise<ConsumerStats> | undefined;
+  #closing: Promise<void> | undefined;
+
+  constructor(opts: EmbeddedQueueOptions) {
+    this.#opts = opts;
+    this.#log = opts.log.child({ component: "queue", kind: "embedded" });
+  }
+
+  /** Nothing to connect. */
+  async start(): Promise<void> {
+    if (this.#state === "closed") throw new Error("queue: start() after close()");
+  }
+
+  /** The dead letters kept in memory, oldest first. */
+  deadLetters(): readonly DeadLetter[] {
+    return [...this.#deadLetters];
+  }
+
+  #publish(events: readonly OutgoingEvent[]): Promise<void> {
+    if (this.#state === "closed") return Promise.reject(new QueueUnavailableError("queue: closed"));
+    if (this.#state === "stopping" || this.#state === "stopped") {
+      return Promise.reject(new QueueUnavailableError("queue: consumer stopped"));
+    }
+    const all = events.map((event) => {
+      if (this.#acked.has(event.id)) return Promise.resolve();
+      let entry = this.#byId.get(event.id);
+      if (!entry) {
+        entry = { id: event.id, data: event.data, deliveries: 0, done: false, waiters: [] };
+        this.#byId.set(event.id, entry);
+        this.#waiting.push(entry);
+      }
+      const waiters = entry.waiters;
+      return new Promise<void>((resolve, reject) => waiters.push({ resolve, reject }));
+    });
+    this.#schedule();
+    return Promise.all(all).then(() => undefined);
+  }
+
+  async #consume(handler: (event: DeliveredEvent) => Promise<void>, concurrency: number): Promise<void> {
+    if (this.#state === "closed") throw new Error("queue: closed");
+    if (this.#state === "consuming" || this.#state === "stopping") throw new Error("queue: already consuming");
+    if (!Number.isInteger(concurrency) || concurrency < 1) throw new Error(`queue: invalid concurrency ${concurrency}`);
+    this.#handler = handler;
+    this.#concurrency = concurrency;
+    this.#state = "consuming";
+    this.#stopping = undefined;
+    this.#schedule();
+  }
+
+  /** Pumps on a later turn, so a handler that naks in a loop cannot starve the event loop. */
+  #schedule(): void {
+    if (this.#pumpScheduled) return;
+    this.#pumpScheduled = true;
+    setImmediate(() => {
+      this.#pumpScheduled = false;
+      this.#pump();
+    });
+  }
+
+  #pump(): void {
+    while (this.#state === "consuming" && this.#running < this.#concurrency && this.#waiting.length > 0) {
+      const entry = this.#waiting.shift()!;
+      if (!entry.done && !this.#inflight.has(entry)) this.#deliver(entry);
+    }
+  }
+
+  #deliver(entry: Entry): void {
+    const handler = this.#handler!;
+    entry.deliveries++;
+    this.#inflight.add(entry);
+    this.#running++;
+    let settled = false;
+    let expired = false;
+    let timer: NodeJS.Timeout | undefined;
+    const arm = (): void => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        if (settled) return;
+        expired = true;
+        this.#log.warn({ id: entry.id, deliveryCount: event.deliveryCount }, "event not settled within ack wait; redelivering");
+        this.#requeue(entry);
+      }, this.#opts.ackWaitMs);
+      timer.unref();
+    };
+    const settle = (): boolean => {
+      if (settled) return false;
+      settled = true;
+      clearTimeout(timer);
+      return true;
+    };
+    const event: DeliveredEvent = {
+      id: entry.id,
+      data: entry.data,
+      deliveryCount: entry.deliveries,
+      // A late ack from an expired delivery still counts: the work was done.
+      ack: async () => {
+        if (settle()) this.#ackEntry(entry);
+      },
+      nak: () => {
+        if (expired || !settle()) return;
+        this.#stats.naked++;
+        this.#requeue(entry);
+      },
+      working: () => {
+        if (!settled && !expired) arm();
+      },
+      deadLetter: async (reason: string) => {
+        if (!settle()) return;
+        this.#deadLetters.push({ id: entry.id, data: entry.data, reason, at: new Date() });
+        if (this.#deadLetters.length > (this.#opts.deadLetterCapacity ?? 1000)) this.#deadLetters.shift();
+        this.#log.error({ id: entry.id, reason, deliveryCount: event.deliveryCount }, "event dead-lettered");
+        this.#ackEntry(entry);
+      },
+    };
+    arm();
+    setImmediate(() => {
+      void (async () => {
+        try {
+          await handler(event);
+          if (!settled && !expired) this.#log.warn({ id: entry.id }, "handler returned without settling the event; nak'd");
+        } catch (err) {
+          if (!settled && !expired) this.#log.warn({ err, id: entry.id, deliveryCount: event.deliveryCount }, "handler failed; event nak'd");
+        }
+        event.nak();
+        this.#running--;
+        if (this.#running === 0) this.#idle?.();
+        this.#schedule();
+      })();
+    });
+  }
+
+  #ackEntry(entry: Entry): void {
+    if (entry.done) return;
+    entry.done = true;
+    this.#inflight.delete(entry);
+    this.#byId.delete(entry.id);
+    this.#acked.add(entry.id);
+    if (this.#acked.size > (this.#opts.dedupCapacity ?? 100_000)) {
+      this.#acked.delete(this.#acked.values().next().value!);
+    }
+    this.#stats.acked++;
+    for (const w of entry.waiters.splice(0)) w.resolve();
+  }
+
+  /** Back to the queue for another delivery; while stopping or closed, hands it back to its publishers. */
+  #requeue(entry: Entry): void {
+    if (entry.done) return;
+    this.#inflight.delete(entry);
+    if (this.#state !== "consuming") {
+      this.#reject(entry, new QueueUnavailableError("queue: consumer stopped before the event was handled"));
+      return;
+    }
+    this.#waiting.push(entry);
+    this.#schedule();
+  }
+
+  #reject(entry: Entry, err: Error): void {
+    if (entry.done) return;
+    entry.done = true;
+    this.#inflight.delete(entry);
+    this.#byId.delete(entry.id);
+    for (const w of entry.waiters.splice(0)) w.reject(err);
+  }
+
+  /**
+   * Hands back the events not started (their publish() rejects), awaits running handlers — a
+   * handler that never returns keeps it pending, so bound it with the shutdown deadline. Idempotent.
+   */
+  #stop(): Promise<ConsumerStats> {
+    if (this.#state !== "consuming") return this.#stopping ?? Promise.resolve({ ...this.#stats });
+    this.#state = "stopping";
+    this.#stopping = (async () => {
+      const err = new QueueUnavailableError("queue: consumer stopped before the event was handled");
+      for (const entry of this.#waiting.splice(0)) {
+        if (entry.done || this.#inflight.has(entry)) continue;
+        this.#stats.naked++;
+        this.#reject(entry, err);
+      }
+      if (this.#running > 0) await new Promise<void>((resolve) => (this.#idle = resolve));
+      this.#idle = undefined;
+      if (this.#state === "stopping") this.#state = "stopped";
+      this.#log.info({ ...this.#stats }, "consumer stopped");
+      return { ...this.#stats };
+    })();
+    return this.#stopping;
+  }
+
+  /** Stops the consumer, then rejects every publish still waiting. Idempotent, never rejects. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      await this.#stop();
+      this.#state = "closed";
+      const err = new QueueUnavailableError("queue: closed");
+      for (const entry of [...this.#byId.values()]) this.#reject(entry, err);
+      this.#waiting = [];
+    })();
+    return this.#closing;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}

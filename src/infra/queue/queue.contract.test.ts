@@ -1,0 +1,313 @@
+import { randomBytes } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { createLogger } from "../../observability/log.js";
+import { EmbeddedQueue } from "./embedded.js";
+import { createQueue } from "./index.js";
+import { DEAD_LETTER_REASON_HEADER } from "./jetstream.js";
+import type { DeliveredEvent, OutgoingEvent, Queue } from "./types.js";
+
+const log = createLogger("test", "queue-contract", process.env.RESONANCE_TEST_LOG_LEVEL ?? "silent");
+const NATS_URL = process.env.RESONANCE_TEST_NATS_URL ?? "nats://127.0.0.1:4222";
+const ACK_WAIT_MS = 10_000;
+
+/**
+ * Whether an external service the suite needs is there. Unreachable: fails loudly under CI
+ * (`CI=true`), else the suite is skipped with the reason printed. (Moves to test/support later.)
+ */
+async function requireService(name: string, probe: () => Promise<void>): Promise<boolean> {
+  try {
+    await probe();
+    return true;
+  } catch (err) {
+    const reason = `${name} unreachable: ${(err as Error).message}`;
+    if (process.env.CI === "true") throw new Error(`${reason} (CI=true: the contract suite must run against it)`);
+    console.warn(`skipping the ${name} contract tests — ${reason}`);
+    return false;
+  }
+}
+
+const natsAvailable = await requireService("NATS JetStream", async () => {
+  const nc = await connect({ servers: NATS_URL, timeout: 3_000, maxReconnectAttempts: 0 });
+  try {
+    await (await jetstreamManager(nc)).getAccountInfo();
+  } finally {
+    await nc.close();
+  }
+});
+
+/** Polls `check` until it returns true; fails with `what` after `timeoutMs`. */
+async function waitFor(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+const encoder = new TextEncoder();
+const event = (id: string): OutgoingEvent => ({ id, data: encoder.encode(`payload-${id}`) });
+const ids = (prefix: string, n: number): OutgoingEvent[] => Array.from({ length: n }, (_, i) => event(`${prefix}-${i}`));
+
+/** What the outbox relay does: republish the whole batch until it is accepted (dedup by id). */
+async function relay(queue: Queue, events: readonly OutgoingEvent[], timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await queue.publisher.publish(events);
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await sleep(20);
+    }
+  }
+}
+
+interface Delivery {
+  id: string;
+  deliveryCount: number;
+  data: string;
+}
+
+/** Records deliveries, then lets `decide` settle each (default: ack). */
+function recorder(decide: (e: DeliveredEvent) => Promise<void> = (e) => e.ack()) {
+  const seen: Delivery[] = [];
+  const handler = async (e: DeliveredEvent): Promise<void> => {
+    seen.push({ id: e.id, deliveryCount: e.deliveryCount, data: new TextDecoder().decode(e.data) });
+    await decide(e);
+  };
+  const count = (id: string): number => seen.filter((d) => d.id === id).length;
+  return { seen, handler, count };
+}
+
+interface Fixture {
+  open(): Promise<Queue>;
+  /** The reason recorded for a dead-lettered event. */
+  deadLetterReason(queue: Queue, id: string): Promise<string | undefined>;
+  cleanup(): Promise<void>;
+}
+
+const implementations: Array<{ kind: Queue["kind"]; available: boolean; fixture(): Fixture }> = [
+  {
+    kind: "jetstream",
+    available: natsAvailable,
+    fixture() {
+      const run = randomBytes(5).toString("hex");
+      const stream = `RESONANCE_CONTRACT_${run}`;
+      const subjects = { push: `resonance.contract.${run}.push`, deadLetter: `resonance.contract.${run}.dead` };
+      const opened: Queue[] = [];
+      return {
+        async open() {
+          const q = createQueue({ natsUrl: NATS_URL, name: `resonance-contract-${run}`, log, ackWaitMs: ACK_WAIT_MS, durable: `contract-${run}`, stream, subjects });
+          opened.push(q);
+          await q.start();
+          return q;
+        },
+        async deadLetterReason() {
+          const nc = await connect({ servers: NATS_URL });
+          try {
+            const msg = await (await jetstreamManager(nc)).streams.getMessage(stream, { last_by_subj: subjects.deadLetter });
+            return msg?.header.get(DEAD_LETTER_REASON_HEADER);
+          } finally {
+            await nc.close();
+          }
+        },
+        async cleanup() {
+          await Promise.all(opened.map((q) => q.close()));
+          const nc = await connect({ servers: NATS_URL });
+          try {
+            await (await jetstreamManager(nc)).streams.delete(stream).catch(() => false);
+          } finally {
+            await nc.close();
+          }
+        },
+      };
+    },
+  },
+  {
+    kind: "embedded",
+    available: true,
+    fixture() {
+      const opened: Queue[] = [];
+      return {
+        async open() {
+          const q = createQueue({ name: "embedded", log, ackWaitMs: ACK_WAIT_MS });
+          opened.push(q);
+          await q.start();
+          return q;
+        },
+        async deadLetterReason(queue, id) {
+          return (queue as EmbeddedQueue).deadLetters().find((d) => d.id === id)?.reason;
+        },
+        async cleanup() {
+          await Promise.all(opened.map((q) => q.close()));
+        },
+      };
+    },
+  },
+];
+
+describe.each(implementations.filter((i) => i.available))("queue contract - $kind", ({ kind, fixture: makeFixture }) => {
+  let fixture: Fixture;
+  let queue: Queue;
+  const drained = async (q: Queue): Promise<void> =>
+    waitFor("nothing pending", async () => {
+      const p = await q.consumer.pending();
+      return p.ackPending === 0 && p.waiting === 0;
+    });
+
+  beforeEach(async () => {
+    fixture = makeFixture();
+    queue = await fixture.open();
+  });
+  afterEach(async () => {
+    await fixture.cleanup();
+  });
+
+  it("queue - reports its kind", () => {
+    expect(queue.kind).toBe(kind);
+  });
+
+  it("queue - published events are consumed and acked once", async () => {
+    const events = ids("basic", 3);
+    const published = queue.publisher.publish(events); // embedded: resolves once acked
+    const rec = recorder();
+    await queue.consumer.consume(rec.handler, 4);
+    await published;
+    await waitFor("3 deliveries", () => rec.seen.length === 3);
+    expect(rec.seen.map((d) => d.id).sort()).toEqual(events.map((e) => e.id));
+    expect(rec.seen.every((d) => d.deliveryCount === 1 && d.data === `payload-${d.id}`)).toBe(true);
+    await drained(queue);
+    expect(queue.consumer.stats()).toEqual({ acked: 3, naked: 0 });
+  });
+
+  it("queue - the same id is delivered once", async () => {
+    const rec = recorder();
+    const first = queue.publisher.publish([event("a")]);
+    const second = queue.publisher.publish([event("a"), event("b")]);
+    await queue.consumer.consume(rec.handler, 1);
+    await Promise.all([first, second]);
+    await queue.publisher.publish([event("a")]); // already acked
+    await relay(queue, [event("z")]);
+    // One consumer, concurrency 1, in order: a duplicate of a would have arrived before z.
+    await waitFor("sentinel", () => rec.count("z") === 1);
+    expect([rec.count("a"), rec.count("b")]).toEqual([1, 1]);
+  });
+
+  it("queue - at most `concurrency` handlers run at once", async () => {
+    let running = 0;
+    let max = 0;
+    const rec = recorder(async (e) => {
+      max = Math.max(max, ++running);
+      await sleep(5);
+      running--;
+      await e.ack();
+    });
+    const published = queue.publisher.publish(ids("conc", 12));
+    await queue.consumer.consume(rec.handler, 3);
+    await published;
+    await waitFor("12 deliveries", () => rec.seen.length === 12);
+    expect(max).toBeLessThanOrEqual(3);
+    expect(max).toBeGreaterThan(1);
+  });
+
+  it("queue - nak redelivers with deliveryCount 2", async () => {
+    const rec = recorder(async (e) => (e.deliveryCount === 1 ? e.nak() : e.ack()));
+    const published = queue.publisher.publish([event("n")]);
+    await queue.consumer.consume(rec.handler, 2);
+    await published;
+    await waitFor("redelivery", () => rec.seen.length === 2);
+    expect(rec.seen.map((d) => d.deliveryCount)).toEqual([1, 2]);
+    await drained(queue);
+    expect(queue.consumer.stats()).toEqual({ acked: 1, naked: 1 });
+  });
+
+  it("queue - a throwing handler gets the event again", async () => {
+    const rec = recorder(async (e) => {
+      if (e.deliveryCount === 1) throw new Error("transient");
+      await e.ack();
+    });
+    const published = queue.publisher.publish([event("t")]);
+    await queue.consumer.consume(rec.handler, 2);
+    await published;
+    await waitFor("redelivery", () => rec.seen.length === 2);
+    expect(rec.seen.map((d) => [d.id, d.deliveryCount])).toEqual([["t", 1], ["t", 2]]);
+    await drained(queue);
+  });
+
+  it("queue - stop lets the running handler finish; events not started go to the next consumer", async () => {
+    const events = ids("stop", 5);
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const first = recorder(async (e) => {
+      if (e.id === "stop-0") await gate;
+      await e.ack();
+    });
+    const relayed = relay(queue, events);
+    await queue.consumer.consume(first.handler, 1);
+    await waitFor("the slow handler to start", () => first.count("stop-0") === 1);
+    const stopping = queue.consumer.stop();
+    release();
+    const stats = await stopping;
+    expect(first.seen.map((d) => d.id)).toEqual(["stop-0"]);
+    expect(stats.acked).toBe(1);
+    expect(await queue.consumer.stop()).toEqual(stats); // idempotent
+
+    const second = recorder();
+    await queue.consumer.consume(second.handler, 4);
+    await relayed;
+    await waitFor("the rest", () => events.slice(1).every((e) => second.count(e.id) >= 1));
+    expect(second.count("stop-0")).toBe(0);
+    await drained(queue);
+  });
+
+  it("queue - deadLetter records the reason and acks (no redelivery)", async () => {
+    const rec = recorder(async (e) => (e.id === "dead" ? e.deadLetter("unparseable") : e.ack()));
+    const published = queue.publisher.publish([event("dead")]);
+    await queue.consumer.consume(rec.handler, 1);
+    await published;
+    await relay(queue, [event("after")]);
+    await waitFor("sentinel", () => rec.count("after") === 1);
+    expect(rec.count("dead")).toBe(1);
+    expect(await fixture.deadLetterReason(queue, "dead")).toBe("unparseable");
+    await drained(queue);
+    expect(queue.consumer.stats().acked).toBe(2);
+  });
+
+  it("queue - close is idempotent and publishing after it rejects", async () => {
+    await Promise.all([queue.close(), queue.close()]);
+    await queue.close();
+    await expect(queue.publisher.publish([event("late")])).rejects.toThrow(/closed/);
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(await Promise.race([queue.lost.then(() => "lost"), Promise.resolve("not lost")])).toBe("not lost");
+  });
+
+  it.runIf(kind === "embedded")("embedded - publish waits for a consumer; close rejects it", async () => {
+    const pending = queue.publisher.publish([event("w")]);
+    await waitFor("queued", async () => (await queue.consumer.pending()).waiting === 1);
+    await queue.close();
+    await expect(pending).rejects.toMatchObject({ code: "QUEUE_UNAVAILABLE" });
+  });
+
+  it.runIf(kind === "embedded")("embedded - a delivery not settled within ack wait is delivered again", async () => {
+    const short = new EmbeddedQueue({ log, ackWaitMs: 50 });
+    const rec = recorder(async (e) => {
+      if (e.deliveryCount === 1) await new Promise(() => undefined); // hangs forever
+      await e.ack();
+    });
+    const published = short.publisher.publish([event("hang")]);
+    await short.consumer.consume(rec.handler, 2);
+    await published;
+    expect(rec.seen.map((d) => d.deliveryCount)).toEqual([1, 2]);
+  });
+});
+
+describe("queue - start failures", () => {
+  it("jetstream - an unreachable server fails start() with a clear error, not the factory", async () => {
+    const queue = createQueue({ natsUrl: "nats://127.0.0.1:1", name: "t", log, ackWaitMs: 1_000 });
+    await expect(queue.start()).rejects.toThrow(/cannot connect to NATS at nats:\/\/127\.0\.0\.1:1/);
+    await queue.close();
+    await queue.close();
+  });
+});
