@@ -1,0 +1,183 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { TestCluster, type Mode } from "./support/cluster.js";
+import { eventually } from "./support/processes.js";
+import { RawSocket, apiClients } from "./support/raw.js";
+import { requireServices } from "./support/services.js";
+
+const services = await requireServices(["postgres", "redis", "nats", "etcd"]);
+const modes: Mode[] = services.ok ? ["cluster", "standalone"] : ["standalone"];
+if (!services.ok) console.warn(`delivery tests: cluster mode skipped: ${services.reason}`);
+
+function pushOf(p: { payload: { case: string | undefined; value?: unknown } }) {
+  return p.payload.case === "push" ? (p.payload.value as { msgId: bigint; seqId: bigint; sessionId: string; content: string }) : undefined;
+}
+
+/**
+ * Sends probe messages from `sender` into the session until every receiver got one pushed:
+ * from then on their connections are known push targets (presence is asynchronous by design).
+ */
+async function untilRoutable(sender: RawSocket, receivers: RawSocket[], sessionId: string): Promise<void> {
+  let n = 0;
+  await eventually(async () => {
+    const seq = `probe-${Date.now()}-${n++}`;
+    sender.send({ seq, payload: { case: "chat", value: { sessionId, content: "probe" } } });
+    const ack = await sender.ackFor(seq);
+    const got = await Promise.all(receivers.map((r) => r.next((p) => pushOf(p)?.msgId === ack.msgId, 500).then(() => true, () => false)));
+    return got.every(Boolean);
+  }, 15_000, "receivers to become push targets");
+}
+
+describe.each(modes)("delivery (%s)", (mode) => {
+  let cluster: TestCluster;
+  let gw1: string;
+  let gw2: string;
+  const token: Record<string, string> = {};
+  const sockets: RawSocket[] = [];
+  const open = async (url: string, user: string) => {
+    const s = new RawSocket(url, token[user]!);
+    sockets.push(s);
+    await s.opened;
+    return s;
+  };
+
+  beforeAll(async () => {
+    cluster = await TestCluster.start({ mode, gateways: mode === "cluster" ? 2 : 1 });
+    gw1 = cluster.urls[0]!;
+    gw2 = cluster.urls[1] ?? gw1;
+    for (const u of ["alice", "bob", "carol"]) {
+      token[u] = (await apiClients(gw1, { binary: true }).auth.register({ username: u, password: `pw-${u}-123` })).accessToken;
+    }
+  });
+  afterAll(async () => {
+    for (const s of sockets) s.ws.terminate();
+    await cluster?.destroy();
+  });
+
+  async function sessionHistory(user: string, sessionId: string) {
+    return (await apiClients(gw1, { binary: true, token: token[user]! }).session.getHistoryMessages({ sessionId, limit: 100n })).messages;
+  }
+
+  async function inbox(user: string) {
+    return (await apiClients(gw2, { binary: true, token: token[user]! }).session.pullInboxDelta({ cursorId: 0n, limit: 500n })).events;
+  }
+
+  it("delivery - the WebSocket upgrade needs a valid token (401 without upgrading)", async () => {
+    const bad = new RawSocket(gw1, "not-a-token");
+    await expect(bad.opened).rejects.toThrow(/401/);
+  });
+
+  it("delivery - a single-chat message is acked, pushed to the peer and to the sender's other connection, and lands in history and both inboxes", async () => {
+    const a1 = await open(gw1, "alice");
+    const a2 = await open(gw1, "alice");
+    const b = await open(gw2, "bob");
+    const sessionId = (await apiClients(gw1, { binary: true, token: token.alice! }).session.createSession({ members: ["bob"], type: 1 })).sessionId;
+    await untilRoutable(a1, [a2, b], sessionId);
+
+    a1.send({ seq: "c-1", payload: { case: "chat", value: { sessionId, content: "hi bob" } } });
+    const ack = await a1.ackFor("c-1");
+    expect(ack.error).toBe("");
+    expect(ack.seqId).toBeGreaterThan(1n);
+    const onBob = pushOf(await b.next((p) => pushOf(p)?.msgId === ack.msgId))!;
+    const onAlice2 = pushOf(await a2.next((p) => pushOf(p)?.msgId === ack.msgId))!;
+    expect(onBob).toMatchObject({ content: "hi bob", seqId: ack.seqId, sessionId });
+    expect(onAlice2.content).toBe("hi bob");
+
+    expect((await sessionHistory("bob", sessionId)).map((m) => m.content)).toContain("hi bob");
+    for (const user of ["alice", "bob"]) {
+      await eventually(async () => (await inbox(user)).some((e) => e.message?.msgId === ack.msgId), 10_000, `${user}'s inbox`);
+    }
+  });
+
+  it("delivery - a group message reaches all three members", async () => {
+    const a = await open(gw1, "alice");
+    const b = await open(gw2, "bob");
+    const c = await open(gw2, "carol");
+    const sessionId = (await apiClients(gw1, { binary: true, token: token.alice! }).session.createSession({ members: ["bob", "carol"], name: "g", type: 2 }))
+      .sessionId;
+    await untilRoutable(a, [b, c], sessionId);
+    a.send({ seq: "g-1", payload: { case: "chat", value: { sessionId, content: "hello group" } } });
+    const ack = await a.ackFor("g-1");
+    expect(ack.error).toBe("");
+    for (const s of [b, c]) expect(pushOf(await s.next((p) => pushOf(p)?.msgId === ack.msgId))!.content).toBe("hello group");
+    for (const user of ["alice", "bob", "carol"]) {
+      await eventually(async () => (await inbox(user)).some((e) => e.message?.msgId === ack.msgId), 10_000, `${user}'s inbox`);
+    }
+  });
+
+  it("delivery - offline catch-up: bob gets exactly the five messages sent while he was away, in seq order", async () => {
+    const a = await open(gw1, "alice");
+    const sessionId = "single:alice:bob";
+    const bob = apiClients(gw2, { binary: true, token: token.bob! }).session;
+    // Bob's cursor before he goes away: everything so far, once it reached his inbox.
+    const before = await eventually(async () => {
+      const history = await sessionHistory("bob", sessionId);
+      const last = history.at(-1)!;
+      const delta = await bob.pullInboxDelta({ cursorId: 0n, limit: 500n });
+      return delta.events.some((e) => e.message?.msgId === last.msgId) && delta.nextCursorId;
+    }, 10_000, "bob's inbox to catch up");
+    for (const s of sockets.filter((s) => s.ws.url.includes(encodeURIComponent(token.bob!)))) s.close();
+
+    const acks = [];
+    for (let i = 1; i <= 5; i++) {
+      a.send({ seq: `off-${i}`, payload: { case: "chat", value: { sessionId, content: `while away ${i}` } } });
+      acks.push(await a.ackFor(`off-${i}`));
+    }
+    const delta = await eventually(async () => {
+      const d = await bob.pullInboxDelta({ cursorId: before, limit: 100n });
+      return d.events.length >= 5 && d;
+    }, 10_000, "five inbox events");
+    expect(delta.events.map((e) => e.message?.content)).toEqual([1, 2, 3, 4, 5].map((i) => `while away ${i}`));
+    expect(delta.events.map((e) => e.message?.msgId)).toEqual(acks.map((x) => x.msgId));
+    const seqs = delta.events.map((e) => e.message!.seqId);
+    expect(seqs).toEqual([...seqs].sort((x, y) => (x < y ? -1 : 1)));
+    expect(delta.hasMore).toBe(false);
+  });
+
+  it("delivery - the same client seq sent twice is one message with one ack value", async () => {
+    const a = await open(gw1, "alice");
+    const sessionId = "single:alice:bob";
+    a.send({ seq: "dup-1", payload: { case: "chat", value: { sessionId, content: "once" } } });
+    const first = await a.ackFor("dup-1");
+    const a2 = await open(gw2, "alice");
+    a2.send({ seq: "dup-1", payload: { case: "chat", value: { sessionId, content: "once" } } });
+    const second = await a2.ackFor("dup-1");
+    expect(second).toMatchObject({ error: "", msgId: first.msgId, seqId: first.seqId });
+    const history = await sessionHistory("alice", sessionId);
+    expect(history.filter((m) => m.content === "once")).toHaveLength(1);
+  });
+
+  it("delivery - a chat to a session of strangers is permission_denied, and the connection keeps working", async () => {
+    const c = await open(gw1, "carol");
+    c.send({ seq: "x-1", payload: { case: "chat", value: { sessionId: "single:alice:bob", content: "let me in" } } });
+    const ack = await c.ackFor("x-1");
+    expect(ack.errorCode).toBe("permission_denied");
+    c.send({ seq: "x-2", payload: { case: "chat", value: { sessionId: "0", content: "room ok" } } });
+    expect((await c.ackFor("x-2")).error).toBe("");
+  });
+
+  it("delivery - bad frames: unknown payload gets an error ack; undecodable gets 1003; oversized gets 1009; others are unaffected", async () => {
+    const watcher = await open(gw1, "bob");
+    const u = await open(gw1, "carol");
+    u.send({ seq: "u-1" });
+    expect((await u.ackFor("u-1")).errorCode).toBe("invalid_argument");
+    u.send({ seq: "u-2", payload: { case: "chat", value: { sessionId: "0", content: "" } } });
+    expect((await u.ackFor("u-2")).errorCode).toBe("invalid_argument");
+
+    const garbage = await open(gw1, "carol");
+    garbage.ws.send(Buffer.from([0xff, 0xff, 0xff, 0xff, 0x0f]));
+    expect((await garbage.closed).code).toBe(1003);
+
+    const big = await open(gw1, "carol");
+    big.ws.send(Buffer.alloc(128 * 1024, 1));
+    expect((await big.closed).code).toBe(1009);
+
+    // Everyone else still works: carol's first socket reaches bob's.
+    await untilRoutable(u, [watcher], "0");
+  });
+
+  it("delivery - pulse is answered with pulse", async () => {
+    const s = await open(gw2, "alice");
+    s.send({ payload: { case: "pulse", value: {} } });
+    await s.next((p) => p.payload.case === "pulse");
+  });
+});
