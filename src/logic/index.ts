@@ -40,7 +40,7 @@ export class LogicService {
     this.#config = config;
     this.#d = deps;
     this.#store = new LogicStore(deps.storage);
-    this.#relay = new OutboxRelay(this.#store, deps.queue.publisher, config.relay, deps.log.child({ part: "relay" }), deps.metrics);
+    this.#relay = new OutboxRelay(this.#store, deps.queue.publisher, { ...config.relay, owner: config.instanceId }, deps.log.child({ part: "relay" }), deps.metrics);
     this.#rpc = new RpcServer({
       name: "logic gRPC",
       host: config.listen.host,
@@ -66,7 +66,7 @@ export class LogicService {
   /** Listens, starts the relay, registers in the registry. */
   async start(): Promise<void> {
     await this.#rpc.start();
-    this.#relay.start();
+    await this.#relay.start();
     this.#registration = await this.#d.registry.register({
       service: "logic",
       id: this.#config.instanceId,

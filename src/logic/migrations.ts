@@ -68,7 +68,8 @@ export const migrations: readonly Migration[] = [
         payload    bytea not null,
         created_at timestamptz not null default now(),
         -- A relay claims rows for a while; a relay that died leaves them to the next one.
-        claimed_until timestamptz
+        claimed_until timestamptz,
+        claimed_by    text
       );
 
       insert into sessions (id, name, type) values ('0', 'Resonance Room', 2);

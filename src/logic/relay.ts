@@ -4,11 +4,13 @@ import type { Metrics } from "../observability/metrics.js";
 import type { LogicStore } from "./store.js";
 
 /** How long a relay owns the rows it took; after that another relay may publish them again. */
-const CLAIM_MS = 30_000;
+const CLAIM_MS = 15_000;
 
 export interface RelayOptions {
   readonly batchSize: number;
   readonly intervalMs: number;
+  /** Who claims rows: the instance id. */
+  readonly owner: string;
 }
 
 /**
@@ -38,8 +40,10 @@ export class OutboxRelay {
     this.#metrics = metrics;
   }
 
-  start(): void {
+  /** Takes back the claims this instance left when it last died, then starts relaying. */
+  async start(): Promise<void> {
     if (this.#state !== "idle") return;
+    await this.#store.releaseStaleClaims(this.#opts.owner, this.#store.db.kind === "pglite");
     this.#state = "running";
     this.poke();
   }
@@ -83,7 +87,7 @@ export class OutboxRelay {
 
   /** One batch: resolves with the number of events published. */
   async #round(): Promise<number> {
-    const rows = await this.#store.claimOutbox(this.#opts.batchSize, CLAIM_MS);
+    const rows = await this.#store.claimOutbox(this.#opts.batchSize, CLAIM_MS, this.#opts.owner);
     if (rows.length === 0) return 0;
     const ids = rows.map((r) => r.id);
     try {

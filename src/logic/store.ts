@@ -324,13 +324,13 @@ export class LogicStore {
    * Claims up to `limit` unclaimed (or expired) outbox rows, oldest first, for `claimMs`, in a
    * short transaction of its own, so publishing never holds a transaction open.
    */
-  async claimOutbox(limit: number, claimMs: number): Promise<Array<{ id: string; msg_id: string; payload: Uint8Array }>> {
+  async claimOutbox(limit: number, claimMs: number, owner: string): Promise<Array<{ id: string; msg_id: string; payload: Uint8Array }>> {
     const { rows } = await this.#db.query<{ id: string; msg_id: string; payload: Uint8Array }>(
-      `update outbox set claimed_until = now() + ($2::int * interval '1 millisecond')
+      `update outbox set claimed_until = now() + ($2::int * interval '1 millisecond'), claimed_by = $3
         where id in (select id from outbox where claimed_until is null or claimed_until < now()
                       order by id limit $1 for update skip locked)
         returning id, msg_id, payload`,
-      [limit, claimMs],
+      [limit, claimMs, owner],
     );
     return rows.sort((a, b) => Number(BigInt(a.id) - BigInt(b.id)));
   }
@@ -342,7 +342,18 @@ export class LogicStore {
 
   /** Gives claimed rows back at once (publish failed). */
   async releaseOutbox(ids: readonly string[]): Promise<void> {
-    await this.#db.query("update outbox set claimed_until = null where id = any($1::bigint[])", [ids]);
+    await this.#db.query("update outbox set claimed_until = null, claimed_by = null where id = any($1::bigint[])", [ids]);
+  }
+
+  /**
+   * Gives back the claims of a relay that died: those of `owner` (an instance id is never used
+   * by two live processes), or every claim when `all` (embedded storage has one process only).
+   */
+  async releaseStaleClaims(owner: string, all: boolean): Promise<void> {
+    await this.#db.query("update outbox set claimed_until = null, claimed_by = null where claimed_until is not null and ($2 or claimed_by = $1)", [
+      owner,
+      all,
+    ]);
   }
 
   async outboxBacklog(): Promise<number> {
