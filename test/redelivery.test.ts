@@ -1,5 +1,7 @@
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { TestCluster } from "./support/cluster.js";
+import { NATS_URL, TestCluster } from "./support/cluster.js";
 import { eventually } from "./support/processes.js";
 import { RawSocket, apiClients } from "./support/raw.js";
 import { requireServices } from "./support/services.js";
@@ -46,5 +48,45 @@ describe.skipIf(!services.ok)("redelivery (cluster)", () => {
     const dupes = await cluster.sql<{ n: string }>("select count(*) - count(distinct (owner, session_id, seq_id)) as n from inbox");
     expect(dupes[0]!.n).toBe("0");
     a.ws.terminate();
+  });
+
+  it("redelivery - an undecodable event goes to the dead-letter subject, is acked and counted, and delivery goes on", async () => {
+    const task = cluster.tasks.at(-1)!;
+    const metricsUrl = `http://127.0.0.1:${task.env.RESONANCE_METRICS_PORT}/metrics`;
+    const ns = cluster.namespace;
+    const nc = await connect({ servers: NATS_URL });
+    try {
+      const js = jetstream(nc);
+      await js.publish(`${ns}.resonance.push.event.v1`, new Uint8Array([0xff, 0xff, 0xff]), { msgID: "garbage-1" });
+      await task.waitForLog((l) => l.msg === "undecodable event moved to the dead-letter subject");
+      const text = await (await fetch(metricsUrl)).text();
+      expect(text).toMatch(/resonance_events_handled_total\{outcome="dead-letter"\} 1/);
+      const jsm = await jetstreamManager(nc);
+      const stream = `RESONANCE_PUSH_${ns.toUpperCase()}`;
+      const dead = await jsm.streams.getMessage(stream, { last_by_subj: `${ns}.resonance.push.dead.v1` });
+      expect([...dead.data]).toEqual([0xff, 0xff, 0xff]);
+      await eventually(async () => (await jsm.consumers.info(stream, "resonance-task")).num_ack_pending === 0, 5_000, "ack pending 0");
+    } finally {
+      await nc.close();
+    }
+  });
+
+  it("operations - health, readiness and Prometheus metrics on every service", async () => {
+    for (const p of cluster.all.filter((x) => x.proc.exitCode === null && x.proc.signalCode === null)) {
+      const base = `http://127.0.0.1:${p.env.RESONANCE_METRICS_PORT}`;
+      expect((await fetch(`${base}/healthz`)).status).toBe(200);
+      expect((await fetch(`${base}/readyz`)).status).toBe(200);
+    }
+    const metricsOf = async (p: { env: Record<string, string> }) => (await fetch(`http://127.0.0.1:${p.env.RESONANCE_METRICS_PORT}/metrics`)).text();
+    const gw = await metricsOf(cluster.gateways[0]!);
+    for (const m of ["resonance_ws_connections", "resonance_messages_in_total", "resonance_ack_latency_seconds_bucket", "resonance_messages_out_total"]) {
+      expect(gw).toContain(m);
+    }
+    expect(await metricsOf(cluster.logics[0]!)).toContain("resonance_outbox_backlog");
+    const task = await metricsOf(cluster.tasks.at(-1)!);
+    expect(task).toContain("resonance_consumer_ack_pending");
+    expect(task).toContain("resonance_consumer_lag");
+    const lines = cluster.gateways[0]!.logs();
+    expect(lines.every((l) => l.service === "gateway" && l.instance === cluster.gateways[0]!.env.RESONANCE_INSTANCE_ID)).toBe(true);
   });
 });
