@@ -64,7 +64,7 @@ describe.skipIf(!services.ok)("redelivery (cluster)", () => {
       const jsm = await jetstreamManager(nc);
       const stream = `RESONANCE_PUSH_${ns.toUpperCase()}`;
       const dead = await jsm.streams.getMessage(stream, { last_by_subj: `${ns}.resonance.push.dead.v1` });
-      expect([...dead.data]).toEqual([0xff, 0xff, 0xff]);
+      expect([...dead!.data]).toEqual([0xff, 0xff, 0xff]);
       await eventually(async () => (await jsm.consumers.info(stream, "resonance-task")).num_ack_pending === 0, 5_000, "ack pending 0");
     } finally {
       await nc.close();
