@@ -175,7 +175,11 @@ async function main(): Promise<void> {
   };
   process.stdout.write(JSON.stringify(out, null, 2) + "\n");
   await Promise.all([...senders, ...receivers].map((c) => c.close()));
-  await cluster?.destroy();
+  if (cluster) {
+    for (const p of cluster.all) p.kill("SIGTERM");
+    await Promise.all(cluster.all.map((p) => p.exited));
+    await cluster.destroy();
+  }
 }
 
 main().then(

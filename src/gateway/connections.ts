@@ -85,6 +85,11 @@ export class ConnectionHub {
     return this.#byUser.keys();
   }
 
+  /** True when the user has a connection here (and so is already a push target). */
+  has(username: string): boolean {
+    return this.#byUser.has(username);
+  }
+
   start(): void {
     this.#heartbeat = setInterval(() => this.#checkIdle(), Math.min(this.#opts.pingIntervalMs, this.#opts.idleTimeoutMs / 2));
     this.#heartbeat.unref();

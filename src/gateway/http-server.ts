@@ -23,6 +23,8 @@ export interface PublicServerOptions {
   readonly routes: (router: ConnectRouter) => void;
   readonly interceptors: Interceptor[];
   readonly tokens: TokenValidator;
+  /** Runs before an authenticated upgrade completes; a rejection refuses it with 503. */
+  readonly beforeUpgrade: (principal: Principal, remoteIp: string) => Promise<void>;
   /** Takes an authenticated WebSocket. */
   readonly onSocket: (ws: WebSocket, principal: Principal, remoteIp: string) => void;
   readonly log: Logger;
@@ -108,9 +110,15 @@ export class PublicServer {
       this.#opts.metrics.badInput.inc({ kind: "bad-token" });
       return refuseUpgrade(socket, 401, "Unauthorized");
     }
-    if (this.#state !== "running") return refuseUpgrade(socket, 503, "Service Unavailable");
+    const ip = req.socket.remoteAddress ?? "";
+    try {
+      await this.#opts.beforeUpgrade(principal, ip);
+    } catch {
+      return refuseUpgrade(socket, 503, "Service Unavailable");
+    }
+    if (this.#state !== "running" || socket.destroyed) return refuseUpgrade(socket, 503, "Service Unavailable");
     const p = principal;
-    this.#wss.handleUpgrade(req, socket, head, (ws) => this.#opts.onSocket(ws, p, req.socket.remoteAddress ?? ""));
+    this.#wss.handleUpgrade(req, socket, head, (ws) => this.#opts.onSocket(ws, p, ip));
   }
 
   /** Stops accepting: closes the listener and idle keep-alive sockets; later requests get 503. */

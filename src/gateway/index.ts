@@ -87,6 +87,8 @@ export class GatewayService {
       routes: api.routes,
       interceptors: api.interceptors,
       tokens,
+      // A user's first socket here waits until logic knows the route (see PresenceReporter.onlineNow).
+      beforeUpgrade: (p, ip) => (hub.has(p.username) ? Promise.resolve() : presence.onlineNow(p.username, ip)),
       onSocket: (ws, p, ip) => hub.add(ws, p.username, ip, p.expiresAt),
       log,
       metrics: this.#d.metrics,

@@ -21,6 +21,7 @@ export class PresenceReporter {
   #flushing: Promise<void> | undefined;
   #seq = 0n;
   #stopped = false;
+  #lastFailed = false;
 
   constructor(
     logic: LogicClient,
@@ -47,6 +48,21 @@ export class PresenceReporter {
   online(username: string, ip: string): void {
     this.#pending.set(username, { online: true, ip, at: Date.now() });
     this.#kick();
+  }
+
+  /**
+   * Reports a user online at once (not waiting for the batch interval) and resolves when logic
+   * has taken it; rejects if it could not be reported. The gateway awaits this before completing
+   * a WebSocket upgrade, so a client whose socket is open is already a push target: anything
+   * committed before is in the inbox delta it pulls next, anything after reaches the socket.
+   */
+  async onlineNow(username: string, ip: string): Promise<void> {
+    const entry = { online: true, ip, at: Date.now() };
+    this.#pending.set(username, entry);
+    while (this.#pending.get(username) === entry) {
+      await this.flush();
+      if (this.#pending.get(username) === entry && this.#lastFailed) throw new Error("presence could not be reported");
+    }
   }
 
   offline(username: string): void {
@@ -84,7 +100,9 @@ export class PresenceReporter {
     };
     try {
       await this.#logic.call(PresenceService, (c) => c.syncStatus(req));
+      this.#lastFailed = false;
     } catch (err) {
+      this.#lastFailed = true;
       // Newer states win over the failed ones.
       for (const [u, s] of batch) if (!this.#pending.has(u)) this.#pending.set(u, s);
       this.#log.warn({ err, users: batch.length }, "presence batch failed; will retry");

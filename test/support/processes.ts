@@ -34,7 +34,9 @@ export class ServiceProcess {
   constructor(role: string, env: Record<string, string>) {
     this.role = role;
     this.env = env;
-    this.proc = spawn(process.execPath, ["--import", "tsx", "src/cli.ts", role], {
+    // RESONANCE_TEST_NODE_ARGS adds node flags to every service process (e.g. --cpu-prof for profiling).
+    const nodeArgs = (process.env.RESONANCE_TEST_NODE_ARGS ?? "").split(" ").filter(Boolean);
+    this.proc = spawn(process.execPath, [...nodeArgs, "--import", "tsx", "src/cli.ts", role], {
       cwd: ROOT,
       env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", RESONANCE_LOG_LEVEL: "info", ...env },
       stdio: ["ignore", "pipe", "pipe"],
