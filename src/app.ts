@@ -7,7 +7,6 @@ import { GatewayService } from "./gateway/index.js";
 import { createQueue } from "./infra/queue/index.js";
 import { DEAD_LETTER_SUBJECT, PUSH_SUBJECT, type Queue } from "./infra/queue/types.js";
 import { createRegistry } from "./infra/registry/index.js";
-import type { Registry } from "./infra/registry/types.js";
 import { createRouteTable } from "./infra/routes/index.js";
 import type { RouteTable } from "./infra/routes/types.js";
 import { createStorage } from "./infra/storage/index.js";
@@ -50,7 +49,6 @@ export class App {
   #storage: Storage | undefined;
   #queue: Queue | undefined;
   #routes: RouteTable | undefined;
-  #registry: Registry | undefined;
   gateway: GatewayService | undefined;
   logic: LogicService | undefined;
   task: TaskService | undefined;
@@ -113,7 +111,6 @@ export class App {
         ...(ns ? { prefix: `/${ns}/resonance/services/` } : {}),
       }),
     );
-    this.#registry = registry;
     this.#lost.push(registry.lost);
     const needsData = r !== "gateway";
     if (needsData) {

@@ -30,7 +30,6 @@ export class GatewayService {
   readonly #channels: Channels;
   #watch: RegistryWatch | undefined;
   #registration: Registration | undefined;
-  #logic: LogicClient | undefined;
   #presence: PresenceReporter | undefined;
   #hub: ConnectionHub | undefined;
   #public: PublicServer | undefined;
@@ -55,7 +54,6 @@ export class GatewayService {
     const log = this.#d.log;
     if (c.logicAddresses.length === 0) this.#watch = await this.#d.registry.watch("logic");
     const logic = new LogicClient(this.#channels, { addresses: c.logicAddresses, ...(this.#watch ? { watch: this.#watch } : {}) });
-    this.#logic = logic;
     const presence: PresenceReporter = new PresenceReporter(
       logic,
       c.instanceId,

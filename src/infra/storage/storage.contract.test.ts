@@ -202,14 +202,14 @@ describe.each(implementations.filter((i) => i.available))("storage contract - $k
     await expect(migrate(db, [{ version: 1, name: "dup", sql: "" }, ...MIGRATIONS], log)).rejects.toThrow(/duplicate version 1/);
   });
 
-  it.runIf(kind === "postgres")("postgres - every connection carries the application name", async () => {
+  if (kind === "postgres") it("postgres - every connection carries the application name", async () => {
     const { rows } = await withClient(PG_URL, (c) =>
       c.query<{ n: string }>("select count(*) as n from pg_stat_activity where application_name = $1", [subject.applicationName]),
     );
     expect(Number(rows[0]?.n)).toBeGreaterThan(0);
   });
 
-  it.runIf(kind === "pglite")("pglite - a second instance cannot open the same directory", async () => {
+  if (kind === "pglite") it("pglite - a second instance cannot open the same directory", async () => {
     const second = new PgliteStorage({ dir: subject.location, log, lockTimeoutMs: 300 });
     await expect(second.start()).rejects.toThrow(/in use by pid/);
     await second.close();
