@@ -116,7 +116,7 @@ async function main(): Promise<void> {
     if (!values.user) fail("chat: --user NAME is required");
     const { runChat } = await import("./client/chat-cli.js");
     const port = process.env.RESONANCE_HTTP_PORT ?? "8080";
-    await runChat({
+    const chat = runChat({
       url: values.url ?? `http://127.0.0.1:${port}`,
       user: values.user,
       ...(values.password ? { password: values.password } : {}),
@@ -124,6 +124,7 @@ async function main(): Promise<void> {
       input: process.stdin,
       output: process.stdout,
     });
+    await chat.catch((err: Error & { code?: string }) => fail(`chat: ${err.code ? `${err.code}: ` : ""}${err.message}`));
     process.exit(0);
   }
   let config: Config;

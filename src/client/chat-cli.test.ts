@@ -45,7 +45,7 @@ describe("chat-cli", () => {
     const done = runChat({ url: gateway.url, user: "alice", input, output });
 
     await out.until(/\] bob: earlier\n/);
-    expect(out.text()).toContain('using "alice" as the password');
+    expect(out.text()).toContain('using "resonance-alice" as the password');
     expect(out.text()).toContain("registered new user alice");
 
     input.write("hello there\n");

@@ -8,7 +8,7 @@ export interface ChatOptions {
   /** Gateway base URL, e.g. http://127.0.0.1:8080. */
   readonly url: string;
   readonly user: string;
-  /** Default: the user name (a note says so). */
+  /** Default: `resonance-<user>` (a note says so). */
   readonly password?: string;
   /** "0" (the Resonance Room, default), a session id, or "@bob" for the single chat with bob. */
   readonly session?: string;
@@ -31,11 +31,13 @@ const FLUSH_MS = 5_000;
  */
 export async function runChat(opts: ChatOptions): Promise<void> {
   const out = (line: string): void => void opts.output.write(`${line}\n`);
-  if (opts.password === undefined) out(`note: no --password given; using "${opts.user}" as the password`);
+  // A demo default that passes the server's length rule; it is printed so nobody is surprised.
+  const password = opts.password ?? `resonance-${opts.user}`;
+  if (opts.password === undefined) out(`note: no --password given; using "${password}" as the password`);
   const client = new ResonanceClient({
     urls: [opts.url],
     username: opts.user,
-    password: opts.password ?? opts.user,
+    password,
     register: true,
     backlog: "skip", // The history below shows the recent past; the backlog would repeat it.
   });
