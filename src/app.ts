@@ -230,10 +230,18 @@ export class App {
    * is also logged as one line; never rejects.
    */
   shutdown(reason: string, baseExitCode = 0): Promise<ShutdownReport> {
+    // Logging must not stop a shutdown (stdout may be a closed pipe).
+    const say = (obj: object, msg: string) => {
+      try {
+        this.log.info(obj, msg);
+      } catch {
+        // Nowhere left to write.
+      }
+    };
     this.#shutdown ??= (async () => {
-      this.log.info({ reason }, "shutting down");
+      say({ reason }, "shutting down");
       const report = await runShutdown(reason, this.phases(), { timeoutMs: this.config.shutdown.timeoutMs, log: this.log, baseExitCode });
-      this.log.info({ report }, "shutdown report");
+      say({ report }, "shutdown report");
       return report;
     })();
     return this.#shutdown;

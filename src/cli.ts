@@ -65,8 +65,13 @@ async function runService(config: Config, role: Role): Promise<never> {
   const app = new App(config, role);
   let signals = 0;
   const stop = (reason: string, code: number) => {
-    void app.shutdown(reason, code).then((report) => process.exit(report.exitCode));
+    void app.shutdown(reason, code).then(
+      (report) => process.exit(report.exitCode),
+      () => process.exit(1),
+    );
   };
+  // A reader that went away (a closed pipe) must not turn into a crash loop: logs are lost, service goes on.
+  process.stdout.on("error", () => {});
   const onSignal = (sig: NodeJS.Signals) => {
     if (++signals > 1) {
       app.log.warn({ signal: sig }, "second signal: exiting now");
