@@ -66,10 +66,15 @@ describe.skipIf(!services.ok)("shutdown (cluster)", () => {
     const slowLogic = await cluster.startProcess("logic", { RESONANCE_FAULTS: "logic.Login=1500" });
     const gw = await cluster.startProcess("gateway", { RESONANCE_LOGIC_ADDRESSES: `127.0.0.1:${slowLogic.env.RESONANCE_LOGIC_PORT}` });
     const url = `http://127.0.0.1:${gw.env.RESONANCE_HTTP_PORT}`;
-    const inFlight = apiClients(url, { binary: false }).auth.login({ username: "alice", password: "pw-alice-1" });
+    const inFlight = fetch(`${url}/resonance.gateway.v1.AuthService/Login`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ username: "alice", password: "pw-alice-1" }),
+    });
     await slowLogic.waitForLog((l) => l.fault === "logic.Login");
     gw.kill("SIGTERM");
-    await gw.waitForLog((l) => l.msg === "shutting down");
+    // The listener is closed once the phase after stop-accepting has begun.
+    await gw.waitForLog((l) => l.msg === "shutdown phase started" && l.phase === "gateway.finish-inflight");
     const refused = await fetch(`${url}/resonance.gateway.v1.AuthService/Login`, {
       method: "POST",
       headers: { "content-type": "application/json" },
@@ -80,7 +85,10 @@ describe.skipIf(!services.ok)("shutdown (cluster)", () => {
     );
     expect([503, "refused"]).toContain(refused);
     const done = await inFlight;
-    expect(done.user?.username).toBe("alice");
+    expect(done.status).toBe(200);
+    expect(((await done.json()) as { user: { username: string } }).user.username).toBe("alice");
+    // The answer tells the client not to reuse this connection.
+    expect(done.headers.get("connection")).toBe("close");
     const report = await gw.report();
     expect(report.counts.httpCompleted).toBeGreaterThanOrEqual(1);
     expect((await gw.exited).code).toBe(0);

@@ -45,7 +45,7 @@ export class PublicServer {
   readonly #server: http.Server;
   readonly #wss: WebSocketServer;
   #state: ListenerState = "idle";
-  #inFlight = 0;
+  readonly #inFlight = new Set<http.ServerResponse>();
   #idle: (() => void) | undefined;
   readonly counts = { httpCompleted: 0, httpAborted: 0, httpRefused: 0 };
 
@@ -61,11 +61,12 @@ export class PublicServer {
       }
       for (const [k, v] of Object.entries(CORS)) res.setHeader(k, v);
       if (req.method === "OPTIONS") return void res.writeHead(204).end();
-      this.#inFlight++;
+      this.#inFlight.add(res);
       res.once("close", () => {
         if (res.writableFinished) this.counts.httpCompleted++;
         else this.counts.httpAborted++;
-        if (--this.#inFlight === 0) this.#idle?.();
+        this.#inFlight.delete(res);
+        if (this.#inFlight.size === 0) this.#idle?.();
       });
       connect(req, res);
     });
@@ -127,11 +128,13 @@ export class PublicServer {
     this.#state = "draining";
     this.#server.close();
     this.#server.closeIdleConnections();
+    // Responses still being written tell their clients not to reuse the connection.
+    for (const res of this.#inFlight) if (!res.headersSent) res.setHeader("connection", "close");
   }
 
   /** Resolves when the HTTP requests in flight have been answered. Never rejects. */
   async finishRequests(): Promise<void> {
-    if (this.#inFlight > 0) await new Promise<void>((r) => (this.#idle = r));
+    if (this.#inFlight.size > 0) await new Promise<void>((r) => (this.#idle = r));
     this.#server.closeIdleConnections();
   }
 

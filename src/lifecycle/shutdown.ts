@@ -65,7 +65,7 @@ export async function runShutdown(reason: string, phases: readonly Phase[], opts
     const allowance = Math.min(phase.allowanceMs ?? left, left);
     const t0 = performance.now();
     result.outcome = "running";
-    opts.log.debug({ phase: phase.name, allowanceMs: Math.round(allowance) }, "shutdown phase started");
+    opts.log.info({ phase: phase.name, allowanceMs: Math.round(allowance) }, "shutdown phase started");
     const run = phase.run().then(
       (c) => {
         if (c) for (const [k, v] of Object.entries(c)) counts[k] = (counts[k] ?? 0) + v;
