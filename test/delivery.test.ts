@@ -41,7 +41,9 @@ describe.each(modes)("delivery (%s)", (mode) => {
   };
 
   beforeAll(async () => {
-    cluster = await TestCluster.start({ mode, gateways: mode === "cluster" ? 2 : 1 });
+    // A short idle timeout so the dead-connection test is quick; live sockets answer pings.
+    const env = { RESONANCE_WS_IDLE_TIMEOUT: "2s", RESONANCE_WS_PING_INTERVAL: "500ms" };
+    cluster = await TestCluster.start({ mode, gateways: mode === "cluster" ? 2 : 1, env });
     gw1 = cluster.urls[0]!;
     gw2 = cluster.urls[1] ?? gw1;
     for (const u of ["alice", "bob", "carol"]) {
@@ -173,6 +175,18 @@ describe.each(modes)("delivery (%s)", (mode) => {
 
     // Everyone else still works: carol's first socket reaches bob's.
     await untilRoutable(u, [watcher], "0");
+  });
+
+  it("delivery - a connection that answers no ping is dropped after the idle timeout; one that answers stays", async () => {
+    const silent = new RawSocket(gw1, token.bob!, { autoPong: false });
+    sockets.push(silent);
+    await silent.opened;
+    const alive = await open(gw1, "bob");
+    const t0 = Date.now();
+    const closed = await silent.closed;
+    expect(closed.code).toBe(1006);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(1_500);
+    expect(alive.ws.readyState).toBe(alive.ws.OPEN);
   });
 
   it("delivery - pulse is answered with pulse", async () => {

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -81,5 +81,21 @@ describe("README quick start", () => {
     const bad = new Command("npx", ["--no-install", "resonance", "gateway"], { RESONANCE_HTTP_PORT: "not-a-port" });
     expect(await bad.exited).not.toBe(0);
     expect(bad.out).toContain("RESONANCE_HTTP_PORT");
+  });
+
+  it("quickstart - settings can come from a JSON file named by RESONANCE_CONFIG_FILE; a bad one is refused by name", async () => {
+    const file = join(dataDir, "settings.json");
+    await writeFile(file, JSON.stringify({ RESONANCE_SHUTDOWN_TIMEOUT: "never" }));
+    const bad = new Command("npx", ["--no-install", "resonance", "migrate"], { RESONANCE_CONFIG_FILE: file, RESONANCE_DATA_DIR: join(dataDir, "m") });
+    expect(await bad.exited).not.toBe(0);
+    expect(bad.out).toContain("RESONANCE_SHUTDOWN_TIMEOUT");
+    // The environment wins over the file.
+    const ok = new Command("npx", ["--no-install", "resonance", "migrate"], {
+      RESONANCE_CONFIG_FILE: file,
+      RESONANCE_SHUTDOWN_TIMEOUT: "5s",
+      RESONANCE_DATA_DIR: join(dataDir, "m"),
+    });
+    expect(await ok.exited).toBe(0);
+    expect(ok.out).toContain("migrations applied");
   });
 });

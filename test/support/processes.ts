@@ -36,7 +36,8 @@ export class ServiceProcess {
     this.env = env;
     // RESONANCE_TEST_NODE_ARGS adds node flags to every service process (e.g. --cpu-prof for profiling).
     const nodeArgs = (process.env.RESONANCE_TEST_NODE_ARGS ?? "").split(" ").filter(Boolean);
-    this.proc = spawn(process.execPath, [...nodeArgs, "--import", "tsx", "src/cli.ts", role], {
+    // The same entry point as `npx resonance <role>`.
+    this.proc = spawn(process.execPath, [...nodeArgs, "bin/resonance.js", role], {
       cwd: ROOT,
       env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", RESONANCE_LOG_LEVEL: "info", ...env },
       stdio: ["ignore", "pipe", "pipe"],

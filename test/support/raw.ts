@@ -47,8 +47,8 @@ export class RawSocket {
   readonly closed: Promise<{ code: number; reason: string; wasClean: boolean }>;
   #waiters: Array<{ pred: (p: WsPacket) => boolean; resolve: (p: WsPacket) => void }> = [];
 
-  constructor(baseUrl: string, token: string) {
-    this.ws = new WebSocket(`${baseUrl.replace(/^http/, "ws")}/ws?token=${encodeURIComponent(token)}`);
+  constructor(baseUrl: string, token: string, opts: { autoPong?: boolean } = {}) {
+    this.ws = new WebSocket(`${baseUrl.replace(/^http/, "ws")}/ws?token=${encodeURIComponent(token)}`, { autoPong: opts.autoPong ?? true });
     this.ws.binaryType = "nodebuffer";
     this.opened = new Promise((resolve, reject) => {
       this.ws.once("open", () => resolve());
