@@ -97,3 +97,20 @@ export async function requireServices(names: readonly ServiceName[]): Promise<Se
   if (process.env.CI === "true") throw new Error(`required test services missing in CI: ${reason}`);
   return { ok: false, reason };
 }
+
+/**
+ * Whether a service answers a real request (`probe`), for suites that need more than an open
+ * port. Unreachable: throws under CI (`CI=true`), else prints the reason and returns false so
+ * the suite can be skipped.
+ */
+export async function requireReachable(name: string, probe: () => Promise<void>): Promise<boolean> {
+  try {
+    await probe();
+    return true;
+  } catch (err) {
+    const reason = `${name} unreachable: ${(err as Error).message}`;
+    if (process.env.CI === "true") throw new Error(`${reason} (CI=true: the suite must run against it)`);
+    console.warn(`skipping the ${name} tests: ${reason}`);
+    return false;
+  }
+}

@@ -8,28 +8,14 @@ import { EmbeddedQueue } from "./embedded.js";
 import { createQueue } from "./index.js";
 import { DEAD_LETTER_REASON_HEADER } from "./jetstream.js";
 import type { DeliveredEvent, OutgoingEvent, Queue } from "./types.js";
+import { requireReachable } from "../../../test/support/services.js";
 
 const log = createLogger("test", "queue-contract", process.env.RESONANCE_TEST_LOG_LEVEL ?? "silent");
 const NATS_URL = process.env.RESONANCE_TEST_NATS_URL ?? "nats://127.0.0.1:4222";
 const ACK_WAIT_MS = 10_000;
 
-/**
- * Whether an external service the suite needs is there. Unreachable: fails loudly under CI
- * (`CI=true`), else the suite is skipped with the reason printed. (Moves to test/support later.)
- */
-async function requireService(name: string, probe: () => Promise<void>): Promise<boolean> {
-  try {
-    await probe();
-    return true;
-  } catch (err) {
-    const reason = `${name} unreachable: ${(err as Error).message}`;
-    if (process.env.CI === "true") throw new Error(`${reason} (CI=true: the contract suite must run against it)`);
-    console.warn(`skipping the ${name} contract tests — ${reason}`);
-    return false;
-  }
-}
 
-const natsAvailable = await requireService("NATS JetStream", async () => {
+const natsAvailable = await requireReachable("NATS JetStream", async () => {
   const nc = await connect({ servers: NATS_URL, timeout: 3_000, maxReconnectAttempts: 0 });
   try {
     await (await jetstreamManager(nc)).getAccountInfo();

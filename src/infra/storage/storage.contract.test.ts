@@ -9,25 +9,11 @@ import { createStorage } from "./index.js";
 import { migrate, type Migration } from "./migrate.js";
 import { PgliteStorage } from "./pglite.js";
 import type { Storage } from "./types.js";
+import { requireReachable } from "../../../test/support/services.js";
 
 const log = createLogger("test", "storage-contract", process.env.RESONANCE_TEST_LOG_LEVEL ?? "silent");
 const PG_URL = process.env.RESONANCE_TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test";
 
-/**
- * Whether an external service the suite needs is there. Unreachable: fails loudly under CI
- * (`CI=true`), else the suite is skipped with the reason printed. (Moves to test/support later.)
- */
-async function requireService(name: string, probe: () => Promise<void>): Promise<boolean> {
-  try {
-    await probe();
-    return true;
-  } catch (err) {
-    const reason = `${name} unreachable: ${(err as Error).message}`;
-    if (process.env.CI === "true") throw new Error(`${reason} (CI=true: the contract suite must run against it)`);
-    console.warn(`skipping the ${name} contract tests — ${reason}`);
-    return false;
-  }
-}
 
 async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
   const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 3_000 });
@@ -39,7 +25,7 @@ async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T>): Pro
   }
 }
 
-const pgAvailable = await requireService("PostgreSQL", () => withClient(PG_URL, (c) => c.query("select 1").then(() => undefined)));
+const pgAvailable = await requireReachable("PostgreSQL", () => withClient(PG_URL, (c) => c.query("select 1").then(() => undefined)));
 
 interface Subject {
   storage: Storage;
