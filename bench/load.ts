@@ -51,7 +51,7 @@ async function main(): Promise<void> {
     urls = args.urls.split(",");
   } else {
     const mode = args.deploy === "cluster" ? "cluster" : "standalone";
-    const env = { RESONANCE_WS_DRAIN_WINDOW: "1s", RESONANCE_CHAT_RATE: "100000", RESONANCE_CHAT_BURST: "100000" };
+    const env = { RESONANCE_WS_DRAIN_WINDOW: "1s", RESONANCE_CHAT_RATE: "100000", RESONANCE_CHAT_BURST: "100000", RESONANCE_AUTH_RATE: "100000", RESONANCE_AUTH_BURST: "100000" };
     cluster = await TestCluster.start(mode === "cluster" ? { mode, gateways: 2, logics: 2, tasks: 2, env } : { mode, env });
     urls = cluster.urls;
   }

@@ -53,6 +53,8 @@ export class App {
   logic: LogicService | undefined;
   task: TaskService | undefined;
   #shutdown: Promise<ShutdownReport> | undefined;
+  #starting: Promise<void> | undefined;
+  #started = false;
 
   constructor(config: Config, role: Role, log?: Logger) {
     this.config = config;
@@ -74,22 +76,31 @@ export class App {
     return Promise.race(this.#lost.length > 0 ? this.#lost : [new Promise<Error>(() => {})]);
   }
 
+  /** Starts a component; it is released at the end even if its own start fails half-way. */
   async #open<T extends { start(): Promise<void>; close(): Promise<void> }>(name: string, thing: T): Promise<T> {
-    await thing.start();
     this.#opened.push({ name, close: () => thing.close() });
+    await thing.start();
     return thing;
   }
 
-  /** Opens infrastructure and services; on failure closes what was opened, in reverse, and rethrows. */
-  async start(): Promise<void> {
-    try {
-      await this.#start();
-      this.#health?.setReady(true);
-      this.log.info({ role: this.role, instance: this.config.instanceId }, "started");
-    } catch (err) {
-      await this.#closeOpened();
-      throw err;
-    }
+  /**
+   * Opens infrastructure and services; on failure closes what was opened, in reverse, and
+   * rethrows. Idempotent. A shutdown requested meanwhile waits for it (within its deadline).
+   */
+  start(): Promise<void> {
+    this.#starting ??= (async () => {
+      try {
+        await this.#start();
+        this.#started = true;
+        if (this.#shutdown) return; // Asked to stop while starting: never report ready.
+        this.#health?.setReady(true);
+        this.log.info({ role: this.role, instance: this.config.instanceId }, "started");
+      } catch (err) {
+        if (!this.#shutdown) await this.#closeOpened();
+        throw err;
+      }
+    })();
+    return this.#starting;
   }
 
   async #start(): Promise<void> {
@@ -187,35 +198,54 @@ export class App {
     }
   }
 
-  /** The shutdown phases for this role, in order (docs/shutdown.md). */
+  /**
+   * The shutdown phases for this role, in order (docs/shutdown.md). Each acts on the services
+   * that exist when it runs, so the list is valid even while a start is still in progress.
+   */
   phases(): Phase[] {
     const t = this.config.shutdown.timeoutMs;
-    const g = this.gateway;
-    const l = this.logic;
-    const k = this.task;
+    const r = this.role;
+    const withGateway = r === "gateway" || r === "all";
+    const withLogic = r === "logic" || r === "all";
+    const withTask = r === "task" || r === "all";
     const phases: Phase[] = [];
-    phases.push({
-      name: "unready",
-      run: async () => {
-        this.#health?.setReady(false);
-        await Promise.all([g?.unready.run(), l?.unready.run()]);
-      },
+    const add = (name: string, run: () => Promise<void | Record<string, number>>, allowanceMs?: number) =>
+      phases.push({ name, run, ...(allowanceMs !== undefined ? { allowanceMs } : {}) });
+
+    add("unready", async () => {
+      this.#health?.setReady(false);
+      await Promise.all([this.gateway?.unready(), this.logic?.unready()]);
     });
-    if (this.config.shutdown.drainDelayMs > 0) {
-      const ms = this.config.shutdown.drainDelayMs;
-      phases.push({ name: "drain-delay", run: () => new Promise<void>((r) => setTimeout(r, ms)) });
+    const drainDelay = this.config.shutdown.drainDelayMs;
+    if (drainDelay > 0) add("drain-delay", () => new Promise<void>((resolve) => setTimeout(resolve, drainDelay)));
+    if (withGateway) {
+      const inflight = Math.min(10_000, t / 3);
+      const ws = this.config.shutdown.wsDrainWindowMs + Math.min(5_000, t / 6);
+      add("gateway.stop-accepting", async () => this.gateway?.stopAccepting());
+      add("gateway.finish-inflight", async () => this.gateway?.finishInflight(inflight - 50), inflight);
+      add("gateway.close-websockets", async () => this.gateway?.closeWebSockets(Date.now() + ws - 50), ws);
+      add("gateway.flush-presence", async () => this.gateway?.flushPresence());
     }
-    if (g) phases.push(g.stopAccepting, g.finishInflight, g.closeWebSockets(this.config.shutdown.wsDrainWindowMs + Math.min(5_000, t / 6)), g.flushPresence);
-    if (l) phases.push(l.stopRpc(Math.min(10_000, t / 3)), l.flushOutbox);
-    if (k) phases.push(k.stopConsumer, k.flushPushes);
-    if (g) phases.push(g.stopPushRpc(Math.min(5_000, t / 6)));
-    phases.push({
-      name: "deregister",
-      run: async () => {
-        await Promise.all([g?.deregister.run(), l?.deregister.run()]);
-      },
+    if (withLogic) {
+      const rpc = Math.min(10_000, t / 3);
+      add("logic.stop-rpc", async () => this.logic?.stopRpc(rpc - 100), rpc);
+      add("logic.flush-outbox", async () => this.logic?.flushOutbox());
+    }
+    if (withTask) {
+      add("task.stop-consumer", async () => this.task?.stopConsumer());
+      add("task.flush-pushes", async () => this.task?.flushPushes());
+    }
+    if (withGateway) {
+      const push = Math.min(5_000, t / 6);
+      add("gateway.stop-push-rpc", async () => this.gateway?.stopPushRpc(push - 100), push);
+    }
+    add("deregister", async () => {
+      await Promise.all([this.gateway?.deregister(), this.logic?.deregister()]);
     });
-    phases.push({ name: "release", run: () => this.#closeOpened() });
+    add("release", async () => {
+      await this.#closeOpened();
+      return { httpAborted: this.gateway?.httpAborted ?? 0 };
+    });
     return phases.map((p) => ({
       ...p,
       run: async () => {
@@ -240,7 +270,14 @@ export class App {
     };
     this.#shutdown ??= (async () => {
       say({ reason }, "shutting down");
-      const report = await runShutdown(reason, this.phases(), { timeoutMs: this.config.shutdown.timeoutMs, log: this.log, baseExitCode });
+      // Phases act on what exists: let a start in progress finish (or fail) first.
+      const waitForStart: Phase = { name: "await-start", run: async () => void (await this.#starting?.catch(() => {})) };
+      const phases = this.#starting && !this.#started ? [waitForStart] : [];
+      const report = await runShutdown(reason, [...phases, ...this.phases()], {
+        timeoutMs: this.config.shutdown.timeoutMs,
+        log: this.log,
+        baseExitCode,
+      });
       say({ report }, "shutdown report");
       return report;
     })();

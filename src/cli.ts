@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { App, type Role } from "./app.js";
-import { ConfigError, parseConfig, type Config, type RawEnv } from "./config/config.js";
+import { ConfigError, checkRole, parseConfig, type Config, type RawEnv } from "./config/config.js";
 
 // The only module that reads process.env / argv and calls process.exit.
 
@@ -62,6 +62,11 @@ async function runMigrate(config: Config): Promise<void> {
 }
 
 async function runService(config: Config, role: Role): Promise<never> {
+  try {
+    checkRole(config, role);
+  } catch (err) {
+    fail((err as Error).message);
+  }
   const app = new App(config, role);
   let signals = 0;
   const stop = (reason: string, code: number) => {
@@ -92,6 +97,8 @@ async function runService(config: Config, role: Role): Promise<never> {
   try {
     await app.start();
   } catch (err) {
+    // A signal during start: the shutdown under way reports and exits.
+    if (signals > 0) return new Promise<never>(() => {});
     app.log.fatal({ err }, "startup failed");
     process.stderr.write(`resonance ${role}: startup failed: ${(err as Error).message}\n`);
     process.exit(1);

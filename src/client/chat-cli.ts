@@ -32,6 +32,11 @@ const FLUSH_MS = 5_000;
 export async function runChat(opts: ChatOptions): Promise<void> {
   const out = (line: string): void => void opts.output.write(`${line}\n`);
   // A demo default that passes the server's length rule; it is printed so nobody is surprised.
+  // Only for a server on this machine: anyone could guess it.
+  const host = new URL(opts.url).hostname;
+  if (opts.password === undefined && !["127.0.0.1", "localhost", "[::1]", "::1"].includes(host)) {
+    throw new ResonanceError("invalid_argument", `--password is required for a server that is not on this machine (${host})`);
+  }
   const password = opts.password ?? `resonance-${opts.user}`;
   if (opts.password === undefined) out(`note: no --password given; using "${password}" as the password`);
   const client = new ResonanceClient({

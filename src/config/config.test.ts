@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { ConfigError, parseConfig } from "./config.js";
+import { ConfigError, checkRole, parseConfig } from "./config.js";
 
 describe("config", () => {
   it("config - defaults select the embedded implementations and the documented ports", () => {
@@ -26,6 +26,23 @@ describe("config", () => {
     expect(() => parseConfig({ RESONANCE_DATABASE_URL: "not a url" })).toThrow(/RESONANCE_DATABASE_URL/);
     expect(() => parseConfig({ RESONANCE_TOKEN_SECRET: "short" })).toThrow(/RESONANCE_TOKEN_SECRET/);
     expect(() => parseConfig({ RESONANCE_LOG_LEVEL: "loud" })).toThrow(ConfigError);
+  });
+
+  it("config - empty and zero values that would spin or pick a random port are refused", () => {
+    expect(() => parseConfig({ RESONANCE_HTTP_PORT: "" })).toThrow(/RESONANCE_HTTP_PORT/);
+    expect(() => parseConfig({ RESONANCE_WS_PING_INTERVAL: "0" })).toThrow(/RESONANCE_WS_PING_INTERVAL/);
+    expect(() => parseConfig({ RESONANCE_ROUTE_TTL: "0" })).toThrow(/RESONANCE_ROUTE_TTL/);
+    expect(() => parseConfig({ RESONANCE_TASK_CONCURRENCY: "0" })).toThrow(/RESONANCE_TASK_CONCURRENCY/);
+  });
+
+  it("config - role checks: logic needs a shared token secret with PostgreSQL; a wildcard host needs an advertised one with etcd", () => {
+    const pg = parseConfig({ RESONANCE_DATABASE_URL: "postgres://x@127.0.0.1/db" });
+    expect(() => checkRole(pg, "logic")).toThrow(/RESONANCE_TOKEN_SECRET/);
+    expect(() => checkRole(pg, "task")).not.toThrow();
+    const wild = parseConfig({ RESONANCE_HOST: "0.0.0.0", RESONANCE_ETCD_ENDPOINTS: "http://127.0.0.1:2379" });
+    expect(() => checkRole(wild, "gateway")).toThrow(/RESONANCE_ADVERTISE_HOST/);
+    const ok = parseConfig({ RESONANCE_HOST: "0.0.0.0", RESONANCE_ETCD_ENDPOINTS: "http://e:2379", RESONANCE_ADVERTISE_HOST: "10.0.0.5" });
+    expect(() => checkRole(ok, "gateway")).not.toThrow();
   });
 
   it("config - fault injection is parsed and off by default", () => {

@@ -13,9 +13,13 @@ const duration = z
     return Math.round(n * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[unit]!);
   });
 
-const port = z.coerce.number().int().min(0).max(65535);
-const positiveInt = z.coerce.number().int().positive();
-const bytes = z.coerce.number().int().min(1024).max(16 * 1024 * 1024);
+// Empty strings are refused rather than coerced to 0.
+const number = z.string().trim().min(1, "must not be empty").transform(Number);
+const port = number.pipe(z.number().int().min(0).max(65535));
+const positiveInt = number.pipe(z.number().int().positive());
+/** A duration of at least `min` ms. */
+const atLeast = (min: number) => duration.pipe(z.number().min(min, `must be at least ${min} ms`));
+const bytes = number.pipe(z.number().int().min(1024).max(16 * 1024 * 1024));
 const optionalUrl = z
   .string()
   .trim()
@@ -39,7 +43,7 @@ const schema = z.object({
   RESONANCE_LOGIC_ADDRESSES: list,
   RESONANCE_DATA_DIR: z.string().default("./data"),
   RESONANCE_TOKEN_SECRET: z.string().min(32, "must be at least 32 characters").optional(),
-  RESONANCE_TOKEN_TTL: duration.default(7 * 24 * 3600 * 1000),
+  RESONANCE_TOKEN_TTL: atLeast(60_000).default(7 * 24 * 3600 * 1000),
   RESONANCE_HOST: z.string().default("127.0.0.1"),
   RESONANCE_HTTP_HOST: z.string().optional(),
   RESONANCE_ADVERTISE_HOST: z.string().optional(),
@@ -48,24 +52,26 @@ const schema = z.object({
   RESONANCE_LOGIC_PORT: port.default(15090),
   RESONANCE_METRICS_PORT: port.optional(),
   RESONANCE_INSTANCE_ID: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, "letters, digits, _ . - only").optional(),
-  RESONANCE_SHUTDOWN_TIMEOUT: duration.default(30_000),
+  RESONANCE_SHUTDOWN_TIMEOUT: atLeast(100).default(30_000),
   RESONANCE_DRAIN_DELAY: duration.default(0),
   RESONANCE_WS_DRAIN_WINDOW: duration.default(5_000),
   RESONANCE_LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
   RESONANCE_MAX_FRAME_BYTES: bytes.default(64 * 1024),
   RESONANCE_MAX_CONTENT_CHARS: positiveInt.default(8000),
   RESONANCE_WS_SEND_QUEUE: positiveInt.default(1024),
-  RESONANCE_WS_IDLE_TIMEOUT: duration.default(60_000),
-  RESONANCE_WS_PING_INTERVAL: duration.default(25_000),
+  RESONANCE_WS_IDLE_TIMEOUT: atLeast(1000).default(60_000),
+  RESONANCE_WS_PING_INTERVAL: atLeast(100).default(25_000),
   RESONANCE_CHAT_RATE: positiveInt.default(50),
   RESONANCE_CHAT_BURST: positiveInt.default(200),
+  RESONANCE_AUTH_RATE: positiveInt.default(10),
+  RESONANCE_AUTH_BURST: positiveInt.default(50),
   RESONANCE_PRESENCE_BATCH: positiveInt.default(500),
-  RESONANCE_PRESENCE_INTERVAL: duration.default(50),
-  RESONANCE_ROUTE_TTL: duration.default(120_000),
+  RESONANCE_PRESENCE_INTERVAL: atLeast(1).default(50),
+  RESONANCE_ROUTE_TTL: atLeast(1000).default(120_000),
   RESONANCE_RELAY_BATCH: positiveInt.default(256),
-  RESONANCE_RELAY_INTERVAL: duration.default(200),
+  RESONANCE_RELAY_INTERVAL: atLeast(10).default(200),
   RESONANCE_TASK_CONCURRENCY: positiveInt.default(64),
-  RESONANCE_ACK_WAIT: duration.default(30_000),
+  RESONANCE_ACK_WAIT: atLeast(1000).default(30_000),
   RESONANCE_FAULTS: z.string().default(""),
   RESONANCE_NAMESPACE: z
     .string()
@@ -107,6 +113,9 @@ export interface Config {
     readonly wsPingIntervalMs: number;
     readonly chatRatePerSec: number;
     readonly chatBurst: number;
+    /** Login/Register attempts per second per client address, and burst. */
+    readonly authRatePerSec: number;
+    readonly authBurst: number;
   };
   readonly presence: { readonly batchSize: number; readonly intervalMs: number; readonly routeTtlMs: number };
   readonly relay: { readonly batchSize: number; readonly intervalMs: number };
@@ -134,6 +143,22 @@ function parseFaults(spec: string): Map<string, number | "hang"> {
     faults.set(name, value === "hang" ? "hang" : Number(value));
   }
   return faults;
+}
+
+/**
+ * Checks what only the role decides, before anything is opened. Throws ConfigError naming the
+ * variable.
+ */
+export function checkRole(config: Config, role: "gateway" | "logic" | "task" | "all"): void {
+  if ((role === "logic" || role === "all") && config.databaseUrl && !config.tokenSecret) {
+    throw new ConfigError("RESONANCE_TOKEN_SECRET: required when RESONANCE_DATABASE_URL is set (every logic instance must share it)");
+  }
+  const wildcard = config.listen.host === "0.0.0.0" || config.listen.host === "::";
+  if (config.etcdEndpoints.length > 0 && wildcard && config.listen.advertiseHost === "127.0.0.1" && role !== "task") {
+    throw new ConfigError(
+      "RESONANCE_ADVERTISE_HOST: required when RESONANCE_HOST is a wildcard and etcd is used (other instances must reach this one)",
+    );
+  }
 }
 
 /** Parses and validates the settings once. Throws ConfigError naming the variable on bad input. */
@@ -178,6 +203,8 @@ export function parseConfig(env: RawEnv): Config {
       wsPingIntervalMs: e.RESONANCE_WS_PING_INTERVAL,
       chatRatePerSec: e.RESONANCE_CHAT_RATE,
       chatBurst: e.RESONANCE_CHAT_BURST,
+      authRatePerSec: e.RESONANCE_AUTH_RATE,
+      authBurst: e.RESONANCE_AUTH_BURST,
     }),
     presence: Object.freeze({
       batchSize: e.RESONANCE_PRESENCE_BATCH,

@@ -91,7 +91,7 @@ export class ConnectionHub {
   }
 
   start(): void {
-    this.#heartbeat = setInterval(() => this.#checkIdle(), Math.min(this.#opts.pingIntervalMs, this.#opts.idleTimeoutMs / 2));
+    this.#heartbeat = setInterval(() => this.#checkIdle(), Math.min(this.#opts.pingIntervalMs / 2, this.#opts.idleTimeoutMs / 4));
     this.#heartbeat.unref();
   }
 
@@ -251,7 +251,6 @@ export class ConnectionHub {
     for (const conn of this.#all) {
       if (now - conn.lastSeen > this.#opts.idleTimeoutMs) {
         this.#log.debug({ user: conn.username }, "idle connection terminated");
-        this.#metrics.wsClosed.inc({ code: "1006", reason: "idle" });
         conn.ws.terminate();
       } else if (now - conn.lastSeen > this.#opts.pingIntervalMs / 2) {
         conn.ws.ping();
@@ -281,10 +280,13 @@ export class ConnectionHub {
     clearInterval(this.#heartbeat);
     const conns = [...this.#all];
     const closed = conns.map((c) => new Promise<boolean>((resolve) => c.ws.once("close", () => resolve(true))));
-    const step = conns.length > 1 ? windowMs / conns.length : 0;
+    // Closes go out in slices every TICK_MS across the window (many sockets per slice on a big gateway).
+    const TICK_MS = 10;
+    const ticks = Math.max(1, Math.floor(windowMs / TICK_MS));
+    const perTick = Math.ceil(conns.length / ticks);
     const hintMax = Math.max(100, Math.min(2_000, windowMs));
     for (const [i, conn] of conns.entries()) {
-      if (i > 0 && step >= 1 && Date.now() + step < deadline) await new Promise((r) => setTimeout(r, step));
+      if (i > 0 && i % perTick === 0 && Date.now() + TICK_MS < deadline) await new Promise((r) => setTimeout(r, TICK_MS));
       const goaway = create(WsPacketSchema, {
         payload: { case: "goaway", value: create(GoawaySchema, { reconnectAfterMs: BigInt(Math.floor(Math.random() * hintMax)), reason: "server shutdown" }) },
       });

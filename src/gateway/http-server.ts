@@ -27,9 +27,16 @@ export interface PublicServerOptions {
   readonly beforeUpgrade: (principal: Principal, remoteIp: string) => Promise<void>;
   /** Takes an authenticated WebSocket. */
   readonly onSocket: (ws: WebSocket, principal: Principal, remoteIp: string) => void;
+  /** Called when an upgrade is refused after `beforeUpgrade` succeeded (undo what it did). */
+  readonly upgradeRefused: (principal: Principal) => void;
+  /** Login/Register attempts per second per client address, and burst. */
+  readonly authRate: { readonly perSec: number; readonly burst: number };
   readonly log: Logger;
   readonly metrics: Metrics;
 }
+
+const AUTH_PATHS = new Set(["/resonance.gateway.v1.AuthService/Login", "/resonance.gateway.v1.AuthService/Register"]);
+const MAX_TRACKED_ADDRESSES = 10_000;
 
 function refuseUpgrade(socket: Duplex, status: number, text: string): void {
   socket.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: ${text.length + 1}\r\n\r\n${text}\n`);
@@ -46,6 +53,7 @@ export class PublicServer {
   readonly #wss: WebSocketServer;
   #state: ListenerState = "idle";
   readonly #inFlight = new Set<http.ServerResponse>();
+  readonly #authBuckets = new Map<string, { tokens: number; at: number }>();
   #idle: (() => void) | undefined;
   readonly counts = { httpCompleted: 0, httpAborted: 0, httpRefused: 0 };
 
@@ -61,6 +69,11 @@ export class PublicServer {
       }
       for (const [k, v] of Object.entries(CORS)) res.setHeader(k, v);
       if (req.method === "OPTIONS") return void res.writeHead(204).end();
+      if (AUTH_PATHS.has((req.url ?? "").split("?")[0]!) && !this.#authAllowed(req.socket.remoteAddress ?? "")) {
+        this.#opts.metrics.badInput.inc({ kind: "auth-rate-limited" });
+        res.writeHead(429, { "content-type": "application/json" });
+        return void res.end(JSON.stringify({ code: "resource_exhausted", message: "too many login attempts; slow down" }));
+      }
       this.#inFlight.add(res);
       res.once("close", () => {
         if (res.writableFinished) this.counts.httpCompleted++;
@@ -74,6 +87,22 @@ export class PublicServer {
     this.#server.headersTimeout = 20_000;
     this.#server.requestTimeout = 60_000;
     this.#server.on("upgrade", (req, socket, head) => void this.#upgrade(req, socket, head));
+  }
+
+  /** A token bucket per client address for the password-checking methods (a KDF run each). */
+  #authAllowed(address: string): boolean {
+    const now = Date.now();
+    const { perSec, burst } = this.#opts.authRate;
+    const b = this.#authBuckets.get(address) ?? { tokens: burst, at: now };
+    b.tokens = Math.min(burst, b.tokens + ((now - b.at) / 1000) * perSec);
+    b.at = now;
+    if (!this.#authBuckets.has(address)) {
+      if (this.#authBuckets.size >= MAX_TRACKED_ADDRESSES) this.#authBuckets.delete(this.#authBuckets.keys().next().value!);
+      this.#authBuckets.set(address, b);
+    }
+    if (b.tokens < 1) return false;
+    b.tokens--;
+    return true;
   }
 
   get port(): number {
@@ -117,7 +146,10 @@ export class PublicServer {
     } catch {
       return refuseUpgrade(socket, 503, "Service Unavailable");
     }
-    if (this.#state !== "running" || socket.destroyed) return refuseUpgrade(socket, 503, "Service Unavailable");
+    if (this.#state !== "running" || socket.destroyed) {
+      this.#opts.upgradeRefused(principal);
+      return refuseUpgrade(socket, 503, "Service Unavailable");
+    }
     const p = principal;
     this.#wss.handleUpgrade(req, socket, head, (ws) => this.#opts.onSocket(ws, p, ip));
   }

@@ -2,7 +2,6 @@ import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import type { Config } from "../config/config.js";
 import { PushService } from "../gen/resonance/gateway/v1/gateway_pb.js";
 import type { Registration, Registry, RegistryWatch } from "../infra/registry/types.js";
-import type { Phase } from "../lifecycle/shutdown.js";
 import type { Logger } from "../observability/log.js";
 import type { Metrics } from "../observability/metrics.js";
 import { Channels } from "../rpc/channels.js";
@@ -87,7 +86,11 @@ export class GatewayService {
       tokens,
       // A user's first socket here waits until logic knows the route (see PresenceReporter.onlineNow).
       beforeUpgrade: (p, ip) => (hub.has(p.username) ? Promise.resolve() : presence.onlineNow(p.username, ip)),
+      upgradeRefused: (p) => {
+        if (!hub.has(p.username)) presence.offline(p.username);
+      },
       onSocket: (ws, p, ip) => hub.add(ws, p.username, ip, p.expiresAt),
+      authRate: { perSec: c.limits.authRatePerSec, burst: c.limits.authBurst },
       log,
       metrics: this.#d.metrics,
     });
@@ -117,70 +120,60 @@ export class GatewayService {
     });
   }
 
-  readonly unready: Phase = {
-    name: "gateway.unready",
-    run: async () => {
-      await this.#registration?.setDraining();
-    },
-  };
+  /** Shutdown step: the registry entry turns `draining` (new work goes elsewhere). */
+  async unready(): Promise<void> {
+    await this.#registration?.setDraining();
+  }
 
-  readonly stopAccepting: Phase = {
-    name: "gateway.stop-accepting",
-    run: async () => {
-      this.#public?.stopAccepting();
-    },
-  };
+  /** Shutdown step: listener closed; new requests and upgrades get 503. */
+  stopAccepting(): void {
+    this.#public?.stopAccepting();
+  }
 
-  readonly finishInflight: Phase = {
-    name: "gateway.finish-inflight",
-    run: async () => {
-      await Promise.all([this.#public?.finishRequests(), this.#hub?.finishChats()]);
-      const c = this.#public?.counts;
-      return { httpCompleted: c?.httpCompleted ?? 0, httpAborted: c?.httpAborted ?? 0, httpRefused: c?.httpRefused ?? 0 };
-    },
-  };
-
-  /** Goaway + 1001 to every socket, spread over the drain window; stragglers terminated at the allowance. */
-  closeWebSockets(allowanceMs: number): Phase {
+  /**
+   * Shutdown step: answers the HTTP requests and chats in flight, waiting at most `allowanceMs`;
+   * chats arriving from now on get `unavailable`. Resolves with the counts; never rejects.
+   */
+  async finishInflight(allowanceMs: number): Promise<Record<string, number>> {
+    let timer: NodeJS.Timeout | undefined;
+    const done = Promise.all([this.#public?.finishRequests(), this.#hub?.finishChats()]).then(() => true);
+    const finished = await Promise.race([done, new Promise<boolean>((r) => (timer = setTimeout(() => r(false), allowanceMs)))]);
+    clearTimeout(timer);
+    if (!finished) this.#d.log.warn("in-flight work still running at its allowance; continuing the shutdown");
+    const c = this.#public?.counts;
     return {
-      name: "gateway.close-websockets",
-      allowanceMs,
-      run: async () => {
-        const deadline = Date.now() + Math.max(0, allowanceMs - 50);
-        const window = Math.min(this.#config.shutdown.wsDrainWindowMs, Math.max(0, allowanceMs - 1_000));
-        return (await this.#hub?.closeAll(window, deadline)) ?? {};
-      },
+      httpCompleted: c?.httpCompleted ?? 0,
+      httpRefused: c?.httpRefused ?? 0,
+      chatsRefused: this.#hub?.counts.chatsRefused ?? 0,
+      slowConsumers: this.#hub?.counts.slowConsumers ?? 0,
     };
   }
 
-  readonly flushPresence: Phase = {
-    name: "gateway.flush-presence",
-    run: async () => (await this.#presence?.stop()) ?? {},
-  };
-
-  stopPushRpc(allowanceMs: number): Phase {
-    return {
-      name: "gateway.stop-push-rpc",
-      allowanceMs,
-      run: async () => {
-        await this.#push?.stop(Math.max(0, allowanceMs - 100));
-      },
-    };
+  /** Shutdown step: Goaway + 1001 to every socket, spread over the drain window; stragglers terminated by `deadline`. */
+  async closeWebSockets(deadline: number): Promise<Record<string, number>> {
+    const window = Math.min(this.#config.shutdown.wsDrainWindowMs, Math.max(0, deadline - Date.now() - 1_000));
+    return (await this.#hub?.closeAll(window, deadline)) ?? {};
   }
 
-  readonly deregister: Phase = {
-    name: "gateway.deregister",
-    run: async () => {
-      await this.#registration?.deregister();
-    },
-  };
+  /** Shutdown step: offline for every user that was here; the reporter stops. */
+  async flushPresence(): Promise<Record<string, number>> {
+    return (await this.#presence?.stop()) ?? {};
+  }
 
-  readonly release: Phase = {
-    name: "gateway.release",
-    run: async () => {
-      await this.close();
-    },
-  };
+  /** Shutdown step: PushService graceful stop, forced after `graceMs`. */
+  async stopPushRpc(graceMs: number): Promise<void> {
+    await this.#push?.stop(graceMs);
+  }
+
+  /** Shutdown step: the registry entry goes at once (lease revoked). */
+  async deregister(): Promise<void> {
+    await this.#registration?.deregister();
+  }
+
+  /** HTTP requests not answered (counted when the listener is closed for good). */
+  get httpAborted(): number {
+    return this.#public?.counts.httpAborted ?? 0;
+  }
 
   /** Closes everything this service opened; idempotent. */
   async close(): Promise<void> {

@@ -2,8 +2,8 @@ import type { Logger } from "../observability/log.js";
 
 /**
  * Fault injection for tests (RESONANCE_FAULTS, off by default): a named point waits the given
- * milliseconds, or forever for "hang". Names: `phase.<phase-name>`, `logic.<Method>`,
- * `task.handle`.
+ * milliseconds, or forever for "hang". Names: `phase.<phase-name>`, `logic.<Method>` (Login,
+ * Register, SendMessage), `task.before-ack`.
  */
 export class Faults {
   readonly #faults: ReadonlyMap<string, number | "hang">;
@@ -22,9 +22,5 @@ export class Faults {
     this.#log.info({ fault: name, delay: f }, "fault injected");
     if (f === "hang") return new Promise<void>(() => {});
     await new Promise((r) => setTimeout(r, f));
-  }
-
-  get enabled(): boolean {
-    return this.#faults.size > 0;
   }
 }

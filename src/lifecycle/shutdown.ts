@@ -41,6 +41,17 @@ const delay = (ms: number) =>
   });
 
 /**
+ * The overall deadline keeps the process alive (it is not unref'd): a phase that hangs on a
+ * promise with nothing else pending must still end in a report and exit code 1, never in a
+ * silent exit.
+ */
+function deadlineTimer(ms: number): { fired: Promise<"deadline">; clear(): void } {
+  let timer: NodeJS.Timeout | undefined;
+  const fired = new Promise<"deadline">((resolve) => (timer = setTimeout(() => resolve("deadline"), ms)));
+  return { fired, clear: () => clearTimeout(timer) };
+}
+
+/**
  * Runs the phases in order, each within its allowance, all within `timeoutMs`. The deadline
  * timer is armed before the first phase. A phase that fails or overruns its allowance is
  * recorded and the next phase still runs (later phases release resources); when the overall
@@ -53,7 +64,7 @@ export async function runShutdown(reason: string, phases: readonly Phase[], opts
   const results: PhaseResult[] = phases.map((p) => ({ name: p.name, durationMs: 0, outcome: "skipped" }));
   const counts: Record<string, number> = {};
   let deadlineExceeded = false;
-  const overall = delay(opts.timeoutMs);
+  const overall = deadlineTimer(opts.timeoutMs);
 
   for (const [i, phase] of phases.entries()) {
     const result = results[i]!;
@@ -76,7 +87,7 @@ export async function runShutdown(reason: string, phases: readonly Phase[], opts
         return "failed" as const;
       },
     );
-    const outcome = await Promise.race([run, delay(allowance), overall.then(() => "deadline" as const)]);
+    const outcome = await Promise.race([run, delay(allowance), overall.fired]);
     result.durationMs = Math.round(performance.now() - t0);
     if (outcome === "deadline" || (outcome === "timeout" && performance.now() >= deadline - 1)) {
       result.outcome = "running";
@@ -87,6 +98,7 @@ export async function runShutdown(reason: string, phases: readonly Phase[], opts
     if (outcome !== "ok") opts.log.warn({ phase: phase.name, outcome, error: result.error }, "shutdown phase did not finish cleanly");
   }
 
+  overall.clear();
   const clean = !deadlineExceeded && results.every((r) => r.outcome === "ok");
   return {
     reason,

@@ -6,7 +6,7 @@ import type { Faults } from "../lifecycle/faults.js";
 import type { RouteTable } from "../infra/routes/types.js";
 import type { Metrics } from "../observability/metrics.js";
 import { Tokens, hashPassword, verifyPassword } from "./auth.js";
-import { LogicStore, PUBLIC_ROOM, SESSION_GROUP, SESSION_SINGLE, singleChatId } from "./store.js";
+import { LogicStore, SESSION_GROUP, SESSION_SINGLE, singleChatId } from "./store.js";
 
 const USERNAME = /^[A-Za-z0-9_.-]{2,32}$/;
 const MAX_GROUP_MEMBERS = 500;
@@ -21,6 +21,10 @@ export interface HandlerDeps {
   /** Called after a message commit so the outbox relay publishes without waiting for its poll. */
   readonly onCommit: () => void;
 }
+
+let dummy: Promise<string> | undefined;
+/** A hash of a random password, checked when the user does not exist so timing does not tell. */
+const dummyHash = () => (dummy ??= hashPassword(crypto.randomUUID()));
 
 function invalid(message: string): never {
   throw new ConnectError(message, Code.InvalidArgument);
@@ -56,10 +60,9 @@ export function logicRoutes(d: HandlerDeps) {
       async login(req) {
         await d.faults.at("logic.Login");
         const row = USERNAME.test(req.username) ? await d.store.findUser(req.username) : undefined;
-        // Same answer for an unknown user and a wrong password.
-        if (!row || !(await verifyPassword(req.password, row.password_hash))) {
-          throw new ConnectError("wrong username or password", Code.Unauthenticated);
-        }
+        // Same answer, and the same work (one KDF run), for an unknown user and a wrong password.
+        const ok = await verifyPassword(req.password, row?.password_hash ?? (await dummyHash()));
+        if (!row || !ok) throw new ConnectError("wrong username or password", Code.Unauthenticated);
         return { accessToken: await d.tokens.issue(row.username), user: user(row) };
       },
       async validateToken(req) {
@@ -138,9 +141,10 @@ export function logicRoutes(d: HandlerDeps) {
             if (!exists.has(req.toUsername)) throw new ConnectError(`unknown user ${req.toUsername}`, Code.NotFound);
             await d.store.createSession(sessionId, "", SESSION_SINGLE, from, [req.toUsername], `${from} started a chat`);
           }
-        } else {
-          await d.store.requireMember(sessionId, from);
+        } else if (req.toUsername) {
+          requireUsername(req.toUsername, "to_username");
         }
+        // Membership is checked by the commit itself (permission_denied for a stranger).
         const r = await d.store.sendMessage({
           sessionId,
           from,
@@ -170,4 +174,3 @@ export function logicRoutes(d: HandlerDeps) {
   };
 }
 
-export { PUBLIC_ROOM };

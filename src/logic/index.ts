@@ -4,7 +4,6 @@ import type { Registration, Registry } from "../infra/registry/types.js";
 import type { RouteTable } from "../infra/routes/types.js";
 import type { Storage } from "../infra/storage/types.js";
 import type { Faults } from "../lifecycle/faults.js";
-import type { Phase } from "../lifecycle/shutdown.js";
 import type { Logger } from "../observability/log.js";
 import type { Metrics } from "../observability/metrics.js";
 import { RpcServer } from "../rpc/server.js";
@@ -75,40 +74,27 @@ export class LogicService {
     });
   }
 
-  /** Marks the registry entry draining (gateways stop picking this instance). */
-  readonly unready: Phase = {
-    name: "logic.unready",
-    run: async () => {
-      await this.#registration?.setDraining();
-    },
-  };
-
-  /** gRPC graceful stop: new calls UNAVAILABLE, in-flight calls finish; forced at the allowance. */
-  stopRpc(allowanceMs: number): Phase {
-    return {
-      name: "logic.stop-rpc",
-      allowanceMs,
-      run: async () => {
-        const r = await this.#rpc.stop(Math.max(0, allowanceMs - 100));
-        return { rpcCompleted: r.completed, rpcAborted: r.aborted };
-      },
-    };
+  /** Shutdown step: the registry entry turns `draining` (gateways stop picking this instance). */
+  async unready(): Promise<void> {
+    await this.#registration?.setDraining();
   }
 
-  readonly flushOutbox: Phase = {
-    name: "logic.flush-outbox",
-    run: async () => {
-      const r = await this.#relay.stop();
-      return { outboxFlushed: r.flushed, outboxPending: r.pending };
-    },
-  };
+  /** Shutdown step: gRPC graceful stop (new calls UNAVAILABLE, in-flight calls finish), forced after `graceMs`. */
+  async stopRpc(graceMs: number): Promise<Record<string, number>> {
+    const r = await this.#rpc.stop(graceMs);
+    return { rpcCompleted: r.completed, rpcAborted: r.aborted };
+  }
 
-  readonly deregister: Phase = {
-    name: "logic.deregister",
-    run: async () => {
-      await this.#registration?.deregister();
-    },
-  };
+  /** Shutdown step: the relay finishes its batch and makes a last flush. */
+  async flushOutbox(): Promise<Record<string, number>> {
+    const r = await this.#relay.stop();
+    return { outboxFlushed: r.flushed, outboxPending: r.pending };
+  }
+
+  /** Shutdown step: the registry entry goes at once. */
+  async deregister(): Promise<void> {
+    await this.#registration?.deregister();
+  }
 
   /** Stops everything this service started (not its infrastructure); idempotent. */
   async close(): Promise<void> {

@@ -61,11 +61,10 @@ export const migrations: readonly Migration[] = [
       );
       create index inbox_by_owner on inbox (owner, id);
 
-      -- Events committed with their message and not yet published to the queue.
+      -- Messages committed and not yet published to the queue (the event is built from the message).
       create table outbox (
         id         bigserial primary key,
         msg_id     bigint not null,
-        payload    bytea not null,
         created_at timestamptz not null default now(),
         -- A relay claims rows for a while; a relay that died leaves them to the next one.
         claimed_until timestamptz,

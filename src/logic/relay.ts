@@ -91,7 +91,9 @@ export class OutboxRelay {
     if (rows.length === 0) return 0;
     const ids = rows.map((r) => r.id);
     try {
-      await this.#publisher.publish(rows.map((r) => ({ id: r.msg_id, data: r.payload })));
+      const events = await this.#store.pushEvents(rows.map((r) => r.msg_id));
+      // Every outbox row's message exists: both were written by one statement.
+      await this.#publisher.publish(rows.map((r) => ({ id: r.msg_id, data: events.get(r.msg_id)! })));
     } catch (err) {
       await this.#store.releaseOutbox(ids).catch(() => {});
       throw err;

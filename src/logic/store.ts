@@ -69,10 +69,31 @@ function toPush(r: MessageRow, meta?: { name: string; type: number }): PushMessa
   });
 }
 
-/** Sentinel used to roll back a transaction that found the message already committed. */
-class AlreadyCommitted {
-  constructor(readonly msgId: bigint, readonly seqId: bigint) {}
+/** Postgres `unique_violation`, as thrown by `pg` and PGlite alike. */
+function isUniqueViolation(err: unknown): boolean {
+  return typeof err === "object" && err !== null && (err as { code?: unknown }).code === "23505";
 }
+
+/**
+ * One message commit in one statement ($1 session, $2 sender, $3 to, $4 content, $5 type,
+ * $6 client_msg_id, $7 created_at): the seq is taken only if the
+ * sender is a member (the session row stays locked until the statement commits: commit order =
+ * seq order), then the message and its outbox row. Any error — such as the unique key on
+ * (sender, client_msg_id) — undoes all three. Returns no row when nothing was written.
+ */
+const INSERT_MESSAGE = `
+  with s as (
+    update sessions set max_seq_id = max_seq_id + 1
+     where id = $1 and exists (select 1 from session_members where session_id = $1 and username = $2)
+    returning max_seq_id, name, type
+  ), m as (
+    insert into messages (session_id, seq_id, sender, to_username, content, type, client_msg_id, created_at)
+    select $1, s.max_seq_id, $2, $3, $4, $5, $6, $7 from s
+    returning id, seq_id
+  ), o as (
+    insert into outbox (msg_id) select id from m
+  )
+  select id, seq_id from m`;
 
 /** Every SQL statement of the logic service. Parameterized only. */
 export class LogicStore {
@@ -157,28 +178,32 @@ export class LogicStore {
         type: "system",
         clientMsgId: undefined,
       });
+      if (!created) throw new Error(`session ${sessionId} vanished while it was being created`);
       return { sessionId, created };
     });
   }
 
   /**
    * Commits a message: takes the session's next seq (row lock: commit order = seq order, no
-   * gaps), writes the message and its outbox event. A resend of a committed (sender,
-   * clientMsgId) returns the original ids and writes nothing.
+   * gaps), writes the message and its outbox event, all in one statement (one round trip, one
+   * implicit transaction), only if the sender is a member. A resend of a committed (sender,
+   * clientMsgId) hits the unique key, which rolls the whole statement back (no seq is used), and
+   * resolves with the original ids. Rejects with permission_denied (not a member) or not_found.
    */
   async sendMessage(m: NewMessage): Promise<Committed> {
-    if (m.clientMsgId) {
+    try {
+      const committed = await this.#insertMessage(this.#db, m);
+      if (committed) return committed;
+    } catch (err) {
+      if (!m.clientMsgId || !isUniqueViolation(err)) throw err;
       const existing = await this.#findByClientId(this.#db, m.from, m.clientMsgId);
       if (existing) return existing;
-    }
-    try {
-      return await this.#db.transaction((tx) => this.#insertMessage(tx, m));
-    } catch (err) {
-      if (err instanceof AlreadyCommitted) {
-        return { msgId: err.msgId, seqId: err.seqId, sessionId: m.sessionId, created: false };
-      }
       throw err;
     }
+    // The rare path: tell "no such session" from "not a member".
+    const { rows } = await this.#db.query("select 1 from sessions where id = $1", [m.sessionId]);
+    if (rows.length === 0) throw new ConnectError(`session ${m.sessionId} does not exist`, Code.NotFound);
+    throw new ConnectError(`not a member of session ${m.sessionId}`, Code.PermissionDenied);
   }
 
   async #findByClientId(q: Queryable, sender: string, clientMsgId: string): Promise<Committed | undefined> {
@@ -190,41 +215,25 @@ export class LogicStore {
     return r && { msgId: BigInt(r.id), seqId: BigInt(r.seq_id), sessionId: r.session_id, created: false };
   }
 
-  async #insertMessage(tx: Queryable, m: NewMessage): Promise<Committed> {
-    const { rows: s } = await tx.query<{ max_seq_id: string; name: string; type: number }>(
-      "update sessions set max_seq_id = max_seq_id + 1 where id = $1 returning max_seq_id, name, type",
-      [m.sessionId],
-    );
-    const session = s[0];
-    if (!session) throw new ConnectError(`session ${m.sessionId} does not exist`, Code.NotFound);
-    if (m.clientMsgId) {
-      // A concurrent resend may have committed while we waited for the session row lock.
-      const existing = await this.#findByClientId(tx, m.from, m.clientMsgId);
-      if (existing) throw new AlreadyCommitted(existing.msgId, existing.seqId);
-    }
+  /**
+   * Runs {@link INSERT_MESSAGE}: resolves with the ids, or undefined when the session does not
+   * exist or the sender is not one of its members (nothing written).
+   */
+  async #insertMessage(q: Queryable, m: NewMessage): Promise<Committed | undefined> {
     const now = Math.floor(Date.now() / 1000);
-    const { rows } = await tx.query<{ id: string }>(
-      `insert into messages (session_id, seq_id, sender, to_username, content, type, client_msg_id, created_at)
-       values ($1, $2, $3, $4, $5, $6, $7, $8) returning id`,
-      [m.sessionId, session.max_seq_id, m.from, m.to, m.content, m.type, m.clientMsgId ?? null, now],
-    );
-    const msgId = BigInt(rows[0]!.id);
-    const seqId = BigInt(session.max_seq_id);
-    const event = create(PushEventSchema, {
-      msgId,
-      seqId,
-      sessionId: m.sessionId,
-      fromUsername: m.from,
-      toUsername: m.to,
-      content: m.content,
-      type: m.type,
-      timestamp: BigInt(now),
-      sessionName: session.name,
-      sessionType: session.type,
-    });
-    await tx.query("insert into outbox (msg_id, payload) values ($1, $2)", [msgId.toString(), toBinary(PushEventSchema, event)]);
-    return { msgId, seqId, sessionId: m.sessionId, created: true };
+    const { rows } = await q.query<{ id: string; seq_id: string }>(INSERT_MESSAGE, [
+      m.sessionId,
+      m.from,
+      m.to,
+      m.content,
+      m.type,
+      m.clientMsgId ?? null,
+      now,
+    ]);
+    const r = rows[0];
+    return r && { msgId: BigInt(r.id), seqId: BigInt(r.seq_id), sessionId: m.sessionId, created: true };
   }
+
 
   async sessionList(username: string): Promise<SessionInfo[]> {
     const { rows } = await this.#db.query<
@@ -324,16 +333,46 @@ export class LogicStore {
    * Claims up to `limit` unclaimed (or expired) outbox rows, oldest first, for `claimMs`, in a
    * short transaction of its own, so publishing never holds a transaction open.
    */
-  async claimOutbox(limit: number, claimMs: number, owner: string): Promise<Array<{ id: string; msg_id: string; payload: Uint8Array }>> {
-    const { rows } = await this.#db.query<{ id: string; msg_id: string; payload: Uint8Array }>(
+  async claimOutbox(limit: number, claimMs: number, owner: string): Promise<Array<{ id: string; msg_id: string }>> {
+    const { rows } = await this.#db.query<{ id: string; msg_id: string }>(
       `update outbox set claimed_until = now() + ($2::int * interval '1 millisecond'), claimed_by = $3
         where id in (select id from outbox where claimed_until is null or claimed_until < now()
                       order by id limit $1 for update skip locked)
-        returning id, msg_id, payload`,
+        returning id, msg_id`,
       [limit, claimMs, owner],
     );
     return rows.sort((a, b) => Number(BigInt(a.id) - BigInt(b.id)));
   }
+
+  /** The queue events of committed messages (PushEvent, encoded), in the order asked. */
+  async pushEvents(msgIds: readonly string[]): Promise<Map<string, Uint8Array>> {
+    const { rows } = await this.#db.query<MessageRow & { name: string; stype: number }>(
+      `select ${MSG_COLUMNS}, s.name, s.type as stype from messages m join sessions s on s.id = m.session_id
+        where m.id = any($1::bigint[])`,
+      [msgIds],
+    );
+    return new Map(
+      rows.map((r) => [
+        r.id,
+        toBinary(
+          PushEventSchema,
+          create(PushEventSchema, {
+            msgId: BigInt(r.id),
+            seqId: BigInt(r.seq_id),
+            sessionId: r.session_id,
+            fromUsername: r.sender,
+            toUsername: r.to_username,
+            content: r.content,
+            type: r.type,
+            timestamp: BigInt(r.created_at),
+            sessionName: r.name,
+            sessionType: r.stype,
+          }),
+        ),
+      ]),
+    );
+  }
+
 
   /** Marks events as sent: the rows go. */
   async deleteOutbox(ids: readonly string[]): Promise<void> {

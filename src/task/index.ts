@@ -7,10 +7,10 @@ import type { Registry, RegistryWatch } from "../infra/registry/types.js";
 import type { RouteTable } from "../infra/routes/types.js";
 import type { Storage } from "../infra/storage/types.js";
 import type { Faults } from "../lifecycle/faults.js";
-import type { Phase } from "../lifecycle/shutdown.js";
 import type { Logger } from "../observability/log.js";
 import type { Metrics } from "../observability/metrics.js";
 import { Channels } from "../rpc/channels.js";
+import { INBOX_INSERT } from "./inbox.js";
 
 export interface TaskDeps {
   readonly log: Logger;
@@ -80,15 +80,11 @@ export class TaskService {
 
   /** Inserts the inbox rows of every member (a redelivery inserts nothing); resolves with the members. */
   async #writeInbox(e: PushEvent): Promise<string[]> {
-    const { rows } = await this.#d.storage.query<{ username: string }>(
-      `with members as (select username from session_members where session_id = $1),
-            ins as (insert into inbox (owner, session_id, seq_id, msg_id)
-                    select username, $1, $2, $3 from members on conflict do nothing)
-       select username from members`,
-      [e.sessionId, e.seqId.toString(), e.msgId.toString()],
-    );
+    const { rows } = await this.#d.storage.query<{ username: string }>(INBOX_INSERT, [e.sessionId, e.seqId.toString(), e.msgId.toString()]);
     return rows.map((r) => r.username);
   }
+
+
 
   #track(p: Promise<void>): void {
     this.#pushes.add(p);
@@ -138,24 +134,19 @@ export class TaskService {
     }
   }
 
-  /** Stops pulling, naks what was not started, finishes and acks the events in hand. */
-  readonly stopConsumer: Phase = {
-    name: "task.stop-consumer",
-    run: async () => {
-      if (!this.#started) return;
-      const s = await this.#d.queue.consumer.stop();
-      return { mqAcked: s.acked, mqNaked: s.naked };
-    },
-  };
+  /** Shutdown step: stops pulling, naks what was not started, finishes and acks the events in hand. */
+  async stopConsumer(): Promise<Record<string, number>> {
+    if (!this.#started) return {};
+    const s = await this.#d.queue.consumer.stop();
+    return { mqAcked: s.acked, mqNaked: s.naked };
+  }
 
-  readonly flushPushes: Phase = {
-    name: "task.flush-pushes",
-    run: async () => {
-      const n = this.#pushes.size;
-      await Promise.all(this.#pushes);
-      return { pushesFlushed: n };
-    },
-  };
+  /** Shutdown step: waits for the pushes in flight. */
+  async flushPushes(): Promise<Record<string, number>> {
+    const n = this.#pushes.size;
+    await Promise.all(this.#pushes);
+    return { pushesFlushed: n };
+  }
 
   /** Closes what this service opened (not its infrastructure); idempotent. */
   async close(): Promise<void> {
