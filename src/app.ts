@@ -23,6 +23,21 @@ import { TaskService } from "./task/index.js";
 
 export type Role = "gateway" | "logic" | "task" | "all";
 
+/** Fails the start when the database has not been migrated to this build's schema. */
+async function requireSchema(storage: Storage): Promise<void> {
+  const needed = Math.max(...migrations.map((m) => m.version));
+  let current = 0;
+  try {
+    const { rows } = await storage.query<{ v: number | null }>("select max(version) as v from schema_migrations");
+    current = Number(rows[0]?.v ?? 0);
+  } catch {
+    // No migrations table: nothing applied yet.
+  }
+  if (current < needed) {
+    throw new Error(`the database schema is at version ${current}, this build needs ${needed}: run \`resonance migrate\` first`);
+  }
+}
+
 const METRICS_PORT: Record<Role, number> = { gateway: 9092, logic: 9091, task: 9090, all: 9090 };
 
 /** Something started that must be released at the end, in reverse order. */
@@ -131,6 +146,7 @@ export class App {
       );
       this.#storage = storage;
       if (r === "all") await migrate(storage, migrations, log);
+      else await requireSchema(storage);
       this.#routes = await this.#open(
         "routes",
         createRouteTable({

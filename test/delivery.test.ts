@@ -189,6 +189,20 @@ describe.each(modes)("delivery (%s)", (mode) => {
     expect(alive.ws.readyState).toBe(alive.ws.OPEN);
   });
 
+  it("delivery - a socket is a push target as soon as its upgrade completes: a message sent right after reaches it", async () => {
+    const sender = await open(gw1, "alice");
+    for (let i = 0; i < 3; i++) {
+      // A fresh socket of carol on the other gateway, and at once a message to the room.
+      const fresh = await open(gw2, "carol");
+      sender.send({ seq: `at-once-${i}`, payload: { case: "chat", value: { sessionId: "0", content: `at once ${i}` } } });
+      const ack = await sender.ackFor(`at-once-${i}`);
+      expect(ack.error).toBe("");
+      await fresh.next((p) => pushOf(p)?.msgId === ack.msgId);
+      fresh.close();
+      await fresh.closed;
+    }
+  });
+
   it("delivery - pulse is answered with pulse", async () => {
     const s = await open(gw2, "alice");
     s.send({ payload: { case: "pulse", value: {} } });

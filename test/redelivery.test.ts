@@ -44,6 +44,9 @@ describe.skipIf(!services.ok)("redelivery (cluster)", () => {
       const m = /resonance_events_handled_total\{outcome="acked"\} (\d+)/.exec(text);
       return m && Number(m[1]) >= 2; // the session's system message and the chat
     }, 20_000, "the new task to ack the redelivered events");
+    // Exactly those two came back: the stuck task acked nothing.
+    const text = await (await fetch(metricsUrl)).text();
+    expect(/resonance_events_handled_total\{outcome="acked"\} (\d+)/.exec(text)![1]).toBe("2");
     expect((await rowsFor()).map((r) => r.owner)).toEqual(["alice", "bob"]);
     const dupes = await cluster.sql<{ n: string }>("select count(*) - count(distinct (owner, session_id, seq_id)) as n from inbox");
     expect(dupes[0]!.n).toBe("0");

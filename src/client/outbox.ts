@@ -1,6 +1,9 @@
 import type { Ack } from "../gen/resonance/gateway/v1/gateway_pb.js";
 import { equalJitter, isRetryableCode, ResonanceError } from "./errors.js";
 
+/** Resends after an `internal`/`unknown` ack before the send fails with that code. */
+const MAX_FAULT_RETRIES = 5;
+
 /**
  * Sends one encoded chat frame on the current connection if it is ready. Returns that
  * connection's generation, or undefined when nothing was sent (the frame waits for the
@@ -89,7 +92,9 @@ export class Outbox {
       entry.resolve(ack);
       return "acked";
     }
-    if (!isRetryableCode(ack.errorCode)) {
+    // A server fault (internal/unknown) may be deterministic: retried a few times, then reported.
+    const gaveUp = (ack.errorCode === "internal" || ack.errorCode === "unknown") && entry.retries >= MAX_FAULT_RETRIES;
+    if (!isRetryableCode(ack.errorCode) || gaveUp) {
       this.#remove(entry);
       this.#fail(entry, new ResonanceError(ack.errorCode, ack.error || ack.errorCode));
       return "rejected";

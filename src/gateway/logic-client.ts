@@ -3,8 +3,12 @@ import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import type { RegistryWatch } from "../infra/registry/types.js";
 import type { Channels } from "../rpc/channels.js";
 
-/** Codes after which a call can safely go to another logic instance (every logic call is idempotent or read-only). */
-const RETRYABLE = new Set([Code.Unavailable, Code.DeadlineExceeded, Code.Canceled, Code.ResourceExhausted]);
+/**
+ * Codes after which a call may go to another logic instance. UNAVAILABLE means the call was
+ * refused before it ran, so any call may be retried; after the others the call may have run,
+ * so only idempotent calls are retried (see `call`'s `idempotent`).
+ */
+const RETRYABLE_IF_IDEMPOTENT = new Set([Code.DeadlineExceeded, Code.Canceled, Code.ResourceExhausted]);
 const ATTEMPTS = 4;
 
 /**
@@ -31,8 +35,12 @@ export class LogicClient {
     return serving.length > 0 ? serving : entries.map((e) => e.address);
   }
 
-  /** Runs `fn` against one logic instance, retrying others on retryable errors. Rejects with the last ConnectError. */
-  async call<S extends DescService, T>(service: S, fn: (client: Client<S>) => Promise<T>): Promise<T> {
+  /**
+   * Runs `fn` against one logic instance, retrying others on retryable errors (`idempotent`:
+   * false for calls that must not run twice, such as creating a group). Rejects with the last
+   * ConnectError.
+   */
+  async call<S extends DescService, T>(service: S, fn: (client: Client<S>) => Promise<T>, idempotent = true): Promise<T> {
     let lastErr: unknown = new ConnectError("no logic instance available", Code.Unavailable);
     for (let attempt = 0; attempt < ATTEMPTS; attempt++) {
       const addresses = this.#addresses();
@@ -45,7 +53,7 @@ export class LogicClient {
           // leak into the gateway's own responses.
           const ce = ConnectError.from(err);
           const clean = new ConnectError(ce.rawMessage, ce.code);
-          if (!RETRYABLE.has(ce.code)) throw clean;
+          if (ce.code !== Code.Unavailable && !(idempotent && RETRYABLE_IF_IDEMPOTENT.has(ce.code))) throw clean;
           lastErr = clean;
         }
       }

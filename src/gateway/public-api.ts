@@ -28,21 +28,23 @@ export function publicRoutes(l: LogicClient, tokens: TokenValidator) {
     return next(req);
   };
 
-  const auth = <T extends { $typeName: string }>(fn: (c: Client<typeof logic.AuthService>) => Promise<T>) => same(l.call(logic.AuthService, fn));
-  const session = <T extends { $typeName: string }>(fn: (c: Client<typeof logic.SessionService>) => Promise<T>) =>
-    same(l.call(logic.SessionService, fn));
+  const auth = <T extends { $typeName: string }>(fn: (c: Client<typeof logic.AuthService>) => Promise<T>, idempotent = true) =>
+    same(l.call(logic.AuthService, fn, idempotent));
+  const session = <T extends { $typeName: string }>(fn: (c: Client<typeof logic.SessionService>) => Promise<T>, idempotent = true) =>
+    same(l.call(logic.SessionService, fn, idempotent));
 
   const routes = (router: ConnectRouter) => {
     router.service(AuthService, {
       login: (req) => auth((c) => c.login({ username: req.username, password: req.password })),
-      register: (req) => auth((c) => c.register({ username: req.username, password: req.password, nickname: req.nickname })),
+      register: (req) => auth((c) => c.register({ username: req.username, password: req.password, nickname: req.nickname }), false),
       // Tokens are stateless and expire on their own; the client forgets its token.
       logout: async () => ({ success: true }),
     });
     router.service(SessionService, {
       getSessionList: (_req, ctx) => session((c) => c.getSessionList({ username: ctx.values.get(userKey) })),
       createSession: (req, ctx) =>
-        session((c) => c.createSession({ creatorUsername: ctx.values.get(userKey), members: req.members, name: req.name, type: req.type })),
+        // A single chat is idempotent by its id; a group is not.
+        session((c) => c.createSession({ creatorUsername: ctx.values.get(userKey), members: req.members, name: req.name, type: req.type }), req.type === 1),
       getHistoryMessages: (req, ctx) =>
         session((c) =>
           c.getHistoryMessages({ username: ctx.values.get(userKey), sessionId: req.sessionId, limit: req.limit, beforeSeq: req.beforeSeq }),

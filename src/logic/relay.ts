@@ -31,6 +31,7 @@ export class OutboxRelay {
   #running: Promise<void> | undefined;
   #failures = 0;
   #flushed = 0;
+  #stopping: Promise<{ flushed: number; pending: number }> | undefined;
 
   constructor(store: LogicStore, publisher: EventPublisher, opts: RelayOptions, log: Logger, metrics: Metrics) {
     this.#store = store;
@@ -108,7 +109,12 @@ export class OutboxRelay {
    * Stops polling, lets the batch in flight finish, then makes one last bounded flush.
    * Resolves with how many events were published in total and how many remain; never rejects.
    */
-  async stop(): Promise<{ flushed: number; pending: number }> {
+  stop(): Promise<{ flushed: number; pending: number }> {
+    this.#stopping ??= this.#stop();
+    return this.#stopping;
+  }
+
+  async #stop(): Promise<{ flushed: number; pending: number }> {
     if (this.#state === "stopped" || this.#state === "idle") {
       this.#state = "stopped";
       return { flushed: this.#flushed, pending: 0 };

@@ -50,13 +50,18 @@ export class RpcServer {
       this.#inFlight++;
       try {
         return await next(req);
+      } catch (err) {
+        if (err instanceof ConnectError) throw err;
+        // Database or programming errors: logged here, never shown to callers.
+        this.#opts.log.error({ err, method: req.method.name }, "internal error");
+        throw new ConnectError("internal error", Code.Internal);
       } finally {
         this.#inFlight--;
         this.#completed++;
         if (this.#inFlight === 0) this.#idle?.();
       }
     };
-    const handler = connectNodeAdapter({ routes: this.#opts.routes, interceptors: [guard] });
+    const handler = connectNodeAdapter({ routes: this.#opts.routes, interceptors: [guard], readMaxBytes: 1024 * 1024 });
     const server = http2.createServer(handler);
     server.on("session", (s) => {
       this.#sessions.add(s);
