@@ -164,6 +164,31 @@ describe.each(modes)("public API (%s)", (mode) => {
     expect(pre.headers.get("access-control-allow-headers")).toContain("connect-protocol-version");
   });
 
+  it("api - every method answers the same over JSON and binary", async () => {
+    const json = apiClients(url, { binary: false, token: tokens.alice! });
+    const bin = apiClients(url, { binary: true, token: tokens.alice! });
+    const calls: Array<[string, (c: ReturnType<typeof apiClients>) => Promise<unknown>]> = [
+      ["Login", (c) => c.auth.login({ username: "bob", password: "secret-b" }).then((r) => r.user)],
+      ["GetSessionList", (c) => c.session.getSessionList({})],
+      ["CreateSession", (c) => c.session.createSession({ members: ["bob"], type: 1 })],
+      ["GetHistoryMessages", (c) => c.session.getHistoryMessages({ sessionId: "single:alice:bob", limit: 5n })],
+      ["GetContactList", (c) => c.session.getContactList({})],
+      ["SearchUser", (c) => c.session.searchUser({ query: "o" })],
+      ["UpdateReadPosition", (c) => c.session.updateReadPosition({ sessionId: "single:alice:bob", seqId: 1n })],
+      ["PullInboxDelta", (c) => c.session.pullInboxDelta({ cursorId: 0n, limit: 10n })],
+      ["Logout", (c) => c.auth.logout({})],
+    ];
+    for (const [name, call] of calls) {
+      expect(await call(json), name).toEqual(await call(bin));
+    }
+    // Register over both, for two new users; the errors are the same too.
+    expect((await json.auth.register({ username: "erin", password: "secret-e" })).user?.username).toBe("erin");
+    expect((await bin.auth.register({ username: "fred", password: "secret-f" })).user?.username).toBe("fred");
+    const errJ = await json.session.getHistoryMessages({ sessionId: "nope" }).catch((e: ConnectError) => e.code);
+    const errB = await bin.session.getHistoryMessages({ sessionId: "nope" }).catch((e: ConnectError) => e.code);
+    expect([errJ, errB]).toEqual([Code.PermissionDenied, Code.PermissionDenied]);
+  });
+
   it("api - errors from the binary client are ConnectErrors with codes", async () => {
     const anon = apiClients(url, { binary: true });
     const err = await anon.session.getSessionList({}).catch((e: unknown) => e);

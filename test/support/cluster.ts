@@ -4,11 +4,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
 import { freePort, ServiceProcess } from "./processes.js";
+import { TEST_DATABASE_URL, TEST_ETCD_ENDPOINTS, TEST_NATS_URL, TEST_REDIS_URL } from "./services.js";
 
-export const PG_ADMIN_URL = process.env.RESONANCE_TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
-export const REDIS_URL = process.env.RESONANCE_TEST_REDIS_URL ?? "redis://127.0.0.1:6379";
-export const NATS_URL = process.env.RESONANCE_TEST_NATS_URL ?? "nats://127.0.0.1:4222";
-export const ETCD_ENDPOINTS = process.env.RESONANCE_TEST_ETCD_ENDPOINTS ?? "http://127.0.0.1:2379";
+/** The database a test connects to for creating and dropping its own database. */
+const PG_ADMIN_URL = TEST_DATABASE_URL;
+export const REDIS_URL = TEST_REDIS_URL;
+export const NATS_URL = TEST_NATS_URL;
+export const ETCD_ENDPOINTS = TEST_ETCD_ENDPOINTS;
 
 export type Mode = "cluster" | "standalone";
 
