@@ -52,15 +52,29 @@ ensure_redis() {
   echo "redis: started on 127.0.0.1:6379"
 }
 
+# NATS runs with its monitoring port (8222, loopback) so tests can see which clients are connected.
+start_nats() {
+  mkdir -p /var/lib/nats-server
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -m 8222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+  wait_until nats port_open 4222
+  wait_until nats-monitoring port_open 8222
+}
+
 ensure_nats() {
-  if port_open 4222; then
-    echo "nats: already running on 127.0.0.1:4222"
+  if port_open 4222 && port_open 8222; then
+    echo "nats: already running on 127.0.0.1:4222 (monitoring on 8222)"
     return
   fi
-  mkdir -p /var/lib/nats-server
-  start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
-  wait_until nats port_open 4222
-  echo "nats: started on 127.0.0.1:4222 (JetStream)"
+  if port_open 4222; then
+    # Started without monitoring (the machine's default): restart it with the same JetStream store.
+    start-stop-daemon --stop --oknodo --retry 10 --exec /usr/sbin/nats-server
+    wait_until nats-stop bash -c '! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null'
+    start_nats
+    echo "nats: restarted on 127.0.0.1:4222 with monitoring on 8222 (JetStream)"
+    return
+  fi
+  start_nats
+  echo "nats: started on 127.0.0.1:4222 with monitoring on 8222 (JetStream)"
 }
 
 etcd_healthy() {

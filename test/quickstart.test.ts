@@ -78,6 +78,9 @@ describe("README quick start", () => {
     const help = new Command("npx", ["--no-install", "resonance", "--help"], {});
     expect(await help.exited).toBe(0);
     expect(help.out).toContain("usage: resonance <command>");
+    const bench = new Command("npm", ["run", "bench", "--", "--help"], {});
+    expect(await bench.exited).toBe(0);
+    expect(bench.out).toContain("bench/load.ts");
     const bad = new Command("npx", ["--no-install", "resonance", "gateway"], { RESONANCE_HTTP_PORT: "not-a-port" });
     expect(await bad.exited).not.toBe(0);
     expect(bad.out).toContain("RESONANCE_HTTP_PORT");

@@ -6,9 +6,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ETCD_ENDPOINTS, NATS_URL, REDIS_URL, TestCluster } from "./support/cluster.js";
 import { ServiceProcess, eventually } from "./support/processes.js";
 import { RawSocket, apiClients } from "./support/raw.js";
-import { requireServices } from "./support/services.js";
+import { TEST_NATS_MONITOR_URL, requireServices } from "./support/services.js";
 
-const services = await requireServices(["postgres", "redis", "nats", "etcd"]);
+const services = await requireServices(["postgres", "redis", "nats", "nats-monitor", "etcd"]);
 if (!services.ok) console.warn(`shutdown tests (cluster) skipped: ${services.reason}`);
 
 const PHASES = {
@@ -30,6 +30,7 @@ const PHASES = {
     "release",
   ],
 } as const;
+
 
 const FAST = { RESONANCE_WS_DRAIN_WINDOW: "300ms", RESONANCE_SHUTDOWN_TIMEOUT: "10s" };
 
@@ -179,7 +180,7 @@ describe.skipIf(!services.ok)("shutdown (cluster)", () => {
     expect((await gw.exited).code).toBe(0);
   });
 
-  it.each(["logic", "task"] as const)("shutdown - after %s exits no PostgreSQL or Redis connection of it remains and its etcd key is gone at once", async (role) => {
+  it.each(["logic", "task"] as const)("shutdown - after %s exits no PostgreSQL, Redis or NATS connection of it remains and its etcd key is gone at once", async (role) => {
     const p = await cluster.startProcess(role);
     const name = `resonance-${role}-${p.env.RESONANCE_INSTANCE_ID}`;
     const redis = new Redis(REDIS_URL);
@@ -188,15 +189,24 @@ describe.skipIf(!services.ok)("shutdown (cluster)", () => {
       const pgConns = () => cluster.sql("select pid from pg_stat_activity where application_name = $1", [name]);
       const redisConns = async () => String(await redis.client("LIST")).split("\n").filter((l) => l.includes(` name=${name} `));
       const etcdKeys = () => etcd.getAll().prefix(`/${cluster.namespace}/`).keys();
+      const natsConns = async () => {
+        const connz = (await (await fetch(`${TEST_NATS_MONITOR_URL}/connz?limit=4096`)).json()) as { connections?: Array<{ name?: string }> };
+        return (connz.connections ?? []).filter((c) => c.name === name);
+      };
       expect((await pgConns()).length).toBeGreaterThan(0);
       expect((await redisConns()).length).toBeGreaterThan(0);
+      expect((await natsConns()).length).toBeGreaterThan(0);
       // Only logic and gateways register (task has nothing to be found for).
       expect((await etcdKeys()).some((k) => k.includes(p.env.RESONANCE_INSTANCE_ID!))).toBe(role === "logic");
       p.kill("SIGTERM");
       expect((await p.exited).code).toBe(0);
       // The lease was revoked: the key is gone now, not after its TTL.
       expect((await etcdKeys()).some((k) => k.includes(p.env.RESONANCE_INSTANCE_ID!))).toBe(false);
-      await eventually(async () => (await pgConns()).length === 0 && (await redisConns()).length === 0, 2_000, "server-side connections to go");
+      await eventually(
+        async () => (await pgConns()).length === 0 && (await redisConns()).length === 0 && (await natsConns()).length === 0,
+        2_000,
+        "server-side connections to go",
+      );
     } finally {
       redis.disconnect();
       etcd.close();

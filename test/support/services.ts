@@ -21,10 +21,12 @@ export const TEST_DATABASE_URL = process.env.RESONANCE_TEST_DATABASE_URL ?? "pos
 export const TEST_REDIS_URL = process.env.RESONANCE_TEST_REDIS_URL ?? "redis://127.0.0.1:6379";
 /** NATS with JetStream for tests (`RESONANCE_TEST_NATS_URL`). */
 export const TEST_NATS_URL = process.env.RESONANCE_TEST_NATS_URL ?? "nats://127.0.0.1:4222";
+/** NATS monitoring for tests (`RESONANCE_TEST_NATS_MONITOR_URL`; scripts/dev-services.sh enables it). */
+export const TEST_NATS_MONITOR_URL = process.env.RESONANCE_TEST_NATS_MONITOR_URL ?? "http://127.0.0.1:8222";
 /** Comma-separated etcd endpoints for tests (`RESONANCE_TEST_ETCD_ENDPOINTS`). */
 export const TEST_ETCD_ENDPOINTS = process.env.RESONANCE_TEST_ETCD_ENDPOINTS ?? "http://127.0.0.1:2379";
 
-export type ServiceName = "postgres" | "redis" | "nats" | "etcd";
+export type ServiceName = "postgres" | "redis" | "nats" | "nats-monitor" | "etcd";
 
 export type ServicesCheck = { ok: true } | { ok: false; reason: string };
 
@@ -36,7 +38,7 @@ interface Target {
   readonly port: number;
 }
 
-const DEFAULT_PORTS: Record<ServiceName, number> = { postgres: 5432, redis: 6379, nats: 4222, etcd: 2379 };
+const DEFAULT_PORTS: Record<ServiceName, number> = { postgres: 5432, redis: 6379, nats: 4222, "nats-monitor": 8222, etcd: 2379 };
 
 /** The host:port to probe for a service, taken from its test URL (the first endpoint for etcd). */
 export function serviceTarget(name: ServiceName): Target {
@@ -44,6 +46,7 @@ export function serviceTarget(name: ServiceName): Target {
     postgres: TEST_DATABASE_URL,
     redis: TEST_REDIS_URL,
     nats: TEST_NATS_URL,
+    "nats-monitor": TEST_NATS_MONITOR_URL,
     etcd: TEST_ETCD_ENDPOINTS.split(",")[0]?.trim() ?? "",
   }[name];
   return parseTarget(url, DEFAULT_PORTS[name]);
