@@ -14,10 +14,19 @@ class Command {
   out = "";
   readonly exited: Promise<number | null>;
   constructor(cmd: string, args: string[], env: Record<string, string>) {
-    this.proc = spawn(cmd, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["pipe", "pipe", "pipe"] });
+    // Its own process group: npm does not pass signals on to the node process it starts.
+    this.proc = spawn(cmd, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["pipe", "pipe", "pipe"], detached: true });
     this.proc.stdout!.setEncoding("utf8").on("data", (c: string) => (this.out += c));
     this.proc.stderr!.setEncoding("utf8").on("data", (c: string) => (this.out += c));
     this.exited = new Promise((r) => this.proc.once("exit", (code) => r(code)));
+  }
+  /** Signals the whole process group (npm and what it started). */
+  kill(signal: NodeJS.Signals): void {
+    try {
+      process.kill(-this.proc.pid!, signal);
+    } catch {
+      // Already gone.
+    }
   }
   /** Resolves when the output contains `text`; rejects after `ms` with the output so far. */
   async waitFor(text: string | RegExp, ms = 60_000): Promise<void> {
@@ -48,7 +57,7 @@ describe("README quick start", () => {
     await server.waitFor("Resonance is up");
   });
   afterAll(async () => {
-    server?.proc.kill("SIGTERM");
+    server?.kill("SIGTERM");
     await server?.exited;
     await rm(dataDir, { recursive: true, force: true });
   });
