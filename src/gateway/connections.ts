@@ -280,13 +280,14 @@ export class ConnectionHub {
     clearInterval(this.#heartbeat);
     const conns = [...this.#all];
     const closed = conns.map((c) => new Promise<boolean>((resolve) => c.ws.once("close", () => resolve(true))));
-    // Closes go out in slices every TICK_MS across the window (many sockets per slice on a big gateway).
-    const TICK_MS = 10;
-    const ticks = Math.max(1, Math.floor(windowMs / TICK_MS));
-    const perTick = Math.ceil(conns.length / ticks);
+    // Closes go out in slices evenly across the window, at most one slice per 10 ms (so a big
+    // gateway closes many sockets per slice).
+    const perSlice = Math.ceil(conns.length / Math.max(1, Math.floor(windowMs / 10)));
+    const slices = Math.ceil(conns.length / perSlice);
+    const interval = slices > 1 ? windowMs / slices : 0;
     const hintMax = Math.max(100, Math.min(2_000, windowMs));
     for (const [i, conn] of conns.entries()) {
-      if (i > 0 && i % perTick === 0 && Date.now() + TICK_MS < deadline) await new Promise((r) => setTimeout(r, TICK_MS));
+      if (i > 0 && i % perSlice === 0 && Date.now() + interval < deadline) await new Promise((r) => setTimeout(r, interval));
       const goaway = create(WsPacketSchema, {
         payload: { case: "goaway", value: create(GoawaySchema, { reconnectAfterMs: BigInt(Math.floor(Math.random() * hintMax)), reason: "server shutdown" }) },
       });
