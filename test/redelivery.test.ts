@@ -1,6 +1,9 @@
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
+import { Code, createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AuthService as LogicAuthService } from "../src/gen/resonance/logic/v1/logic_pb.js";
 import { NATS_URL, TestCluster } from "./support/cluster.js";
 import { eventually } from "./support/processes.js";
 import { RawSocket, apiClients } from "./support/raw.js";
@@ -72,6 +75,21 @@ describe.skipIf(!services.ok)("redelivery (cluster)", () => {
     } finally {
       await nc.close();
     }
+  });
+
+  it("operations - internal gRPC refuses calls without the shared secret", async () => {
+    const logicAddress = `127.0.0.1:${cluster.logics[0]!.env.RESONANCE_LOGIC_PORT}`;
+    const call = (secret?: string) =>
+      createClient(
+        LogicAuthService,
+        createGrpcTransport({
+          baseUrl: `http://${logicAddress}`,
+          interceptors: secret ? [(next) => (req) => (req.header.set("x-resonance-internal", secret), next(req))] : [],
+        }),
+      ).validateToken({ accessToken: "x" });
+    await expect(call()).rejects.toMatchObject({ code: Code.Unauthenticated });
+    await expect(call("wrong-secret")).rejects.toMatchObject({ code: Code.Unauthenticated });
+    expect((await call(cluster.baseEnv.RESONANCE_INTERNAL_SECRET)).valid).toBe(false);
   });
 
   it("operations - health, readiness and Prometheus metrics on every service", async () => {

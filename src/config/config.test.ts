@@ -35,13 +35,20 @@ describe("config", () => {
     expect(() => parseConfig({ RESONANCE_TASK_CONCURRENCY: "0" })).toThrow(/RESONANCE_TASK_CONCURRENCY/);
   });
 
-  it("config - role checks: logic needs a shared token secret with PostgreSQL; a wildcard host needs an advertised one with etcd", () => {
+  it("config - role checks: logic needs a shared token secret with PostgreSQL; a wildcard host needs an internal secret and, with etcd, an advertised host", () => {
     const pg = parseConfig({ RESONANCE_DATABASE_URL: "postgres://x@127.0.0.1/db" });
     expect(() => checkRole(pg, "logic")).toThrow(/RESONANCE_TOKEN_SECRET/);
     expect(() => checkRole(pg, "task")).not.toThrow();
-    const wild = parseConfig({ RESONANCE_HOST: "0.0.0.0", RESONANCE_ETCD_ENDPOINTS: "http://127.0.0.1:2379" });
+    const secret = "s".repeat(32);
+    expect(() => checkRole(parseConfig({ RESONANCE_HOST: "0.0.0.0" }), "gateway")).toThrow(/RESONANCE_INTERNAL_SECRET/);
+    const wild = parseConfig({ RESONANCE_HOST: "0.0.0.0", RESONANCE_ETCD_ENDPOINTS: "http://127.0.0.1:2379", RESONANCE_INTERNAL_SECRET: secret });
     expect(() => checkRole(wild, "gateway")).toThrow(/RESONANCE_ADVERTISE_HOST/);
-    const ok = parseConfig({ RESONANCE_HOST: "0.0.0.0", RESONANCE_ETCD_ENDPOINTS: "http://e:2379", RESONANCE_ADVERTISE_HOST: "10.0.0.5" });
+    const ok = parseConfig({
+      RESONANCE_HOST: "0.0.0.0",
+      RESONANCE_ETCD_ENDPOINTS: "http://e:2379",
+      RESONANCE_ADVERTISE_HOST: "10.0.0.5",
+      RESONANCE_INTERNAL_SECRET: secret,
+    });
     expect(() => checkRole(ok, "gateway")).not.toThrow();
   });
 

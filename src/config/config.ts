@@ -43,6 +43,7 @@ const schema = z.object({
   RESONANCE_LOGIC_ADDRESSES: list,
   RESONANCE_DATA_DIR: z.string().default("./data"),
   RESONANCE_TOKEN_SECRET: z.string().min(32, "must be at least 32 characters").optional(),
+  RESONANCE_INTERNAL_SECRET: z.string().min(32, "must be at least 32 characters").optional(),
   RESONANCE_TOKEN_TTL: atLeast(60_000).default(7 * 24 * 3600 * 1000),
   RESONANCE_HOST: z.string().default("127.0.0.1"),
   RESONANCE_HTTP_HOST: z.string().optional(),
@@ -92,6 +93,11 @@ export interface Config {
   /** Undefined means: embedded mode, generate one and keep it in the data dir. */
   readonly tokenSecret: string | undefined;
   readonly tokenTtlMs: number;
+  /**
+   * Shared by every instance: internal gRPC calls carry it and servers refuse calls without it.
+   * Undefined: internal ports are open to whoever can reach them (loopback by default).
+   */
+  readonly internalSecret: string | undefined;
   readonly instanceId: string;
   readonly logLevel: string;
   readonly listen: {
@@ -154,6 +160,9 @@ export function checkRole(config: Config, role: "gateway" | "logic" | "task" | "
     throw new ConfigError("RESONANCE_TOKEN_SECRET: required when RESONANCE_DATABASE_URL is set (every logic instance must share it)");
   }
   const wildcard = config.listen.host === "0.0.0.0" || config.listen.host === "::";
+  if (wildcard && !config.internalSecret) {
+    throw new ConfigError("RESONANCE_INTERNAL_SECRET: required when RESONANCE_HOST is a wildcard (the internal gRPC ports are then reachable from outside)");
+  }
   if (config.etcdEndpoints.length > 0 && wildcard && config.listen.advertiseHost === "127.0.0.1" && role !== "task") {
     throw new ConfigError(
       "RESONANCE_ADVERTISE_HOST: required when RESONANCE_HOST is a wildcard and etcd is used (other instances must reach this one)",
@@ -179,6 +188,7 @@ export function parseConfig(env: RawEnv): Config {
     dataDir: e.RESONANCE_DATA_DIR,
     tokenSecret: e.RESONANCE_TOKEN_SECRET,
     tokenTtlMs: e.RESONANCE_TOKEN_TTL,
+    internalSecret: e.RESONANCE_INTERNAL_SECRET,
     instanceId: e.RESONANCE_INSTANCE_ID ?? randomBytes(4).toString("hex"),
     logLevel: e.RESONANCE_LOG_LEVEL,
     listen: Object.freeze({

@@ -37,7 +37,7 @@ export class GatewayService {
   constructor(config: Config, deps: GatewayDeps) {
     this.#config = config;
     this.#d = deps;
-    this.#channels = new Channels({ timeoutMs: 10_000 });
+    this.#channels = new Channels({ timeoutMs: 10_000, secret: config.internalSecret });
   }
 
   get httpPort(): number {
@@ -97,6 +97,7 @@ export class GatewayService {
     this.#push = new RpcServer({
       name: "gateway PushService",
       host: c.listen.host,
+      secret: c.internalSecret,
       port: c.listen.pushPort,
       log,
       routes: (router: ConnectRouter) =>

@@ -43,6 +43,7 @@ export class LogicService {
     this.#rpc = new RpcServer({
       name: "logic gRPC",
       host: config.listen.host,
+      secret: config.internalSecret,
       port: config.listen.logicPort,
       log: deps.log,
       routes: logicRoutes({

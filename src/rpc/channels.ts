@@ -1,6 +1,7 @@
 import type { DescService } from "@bufbuild/protobuf";
 import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
+import { INTERNAL_SECRET_HEADER } from "./server.js";
 
 interface Channel {
   readonly manager: Http2SessionManager;
@@ -18,9 +19,17 @@ export class Channels {
   readonly #timeoutMs: number;
   #closed = false;
 
-  constructor(opts: { timeoutMs: number; interceptors?: Interceptor[] }) {
+  constructor(opts: { timeoutMs: number; secret?: string | undefined }) {
     this.#timeoutMs = opts.timeoutMs;
-    this.#interceptors = opts.interceptors ?? [];
+    const secret = opts.secret;
+    this.#interceptors = secret
+      ? [
+          (next) => (req) => {
+            req.header.set(INTERNAL_SECRET_HEADER, secret);
+            return next(req);
+          },
+        ]
+      : [];
   }
 
   client<S extends DescService>(service: S, address: string): Client<S> {

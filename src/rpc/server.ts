@@ -1,3 +1,4 @@
+import { timingSafeEqual } from "node:crypto";
 import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
@@ -12,6 +13,17 @@ export interface RpcServerOptions {
   readonly port: number;
   readonly routes: (router: ConnectRouter) => void;
   readonly log: Logger;
+  /** When set, calls must carry it (see {@link INTERNAL_SECRET_HEADER}); others get UNAUTHENTICATED. */
+  readonly secret?: string | undefined;
+}
+
+/** The header internal calls carry the shared secret in. */
+export const INTERNAL_SECRET_HEADER = "x-resonance-internal";
+
+function sameSecret(given: string | null, expected: string): boolean {
+  const a = Buffer.from(given ?? "");
+  const b = Buffer.from(expected);
+  return a.length === b.length && timingSafeEqual(a, b);
 }
 
 /**
@@ -46,6 +58,10 @@ export class RpcServer {
     const guard: Interceptor = (next) => async (req) => {
       if (this.#state !== "running") {
         throw new ConnectError(`${this.#opts.name} is shutting down`, Code.Unavailable);
+      }
+      const secret = this.#opts.secret;
+      if (secret !== undefined && !sameSecret(req.header.get(INTERNAL_SECRET_HEADER), secret)) {
+        throw new ConnectError("internal call without the shared secret", Code.Unauthenticated);
       }
       this.#inFlight++;
       try {

@@ -30,7 +30,7 @@ export interface TaskDeps {
 export class TaskService {
   readonly #config: Config;
   readonly #d: TaskDeps;
-  readonly #channels = new Channels({ timeoutMs: 5_000 });
+  readonly #channels: Channels;
   readonly #pushes = new Set<Promise<void>>();
   #gateways: RegistryWatch | undefined;
   #started = false;
@@ -38,6 +38,7 @@ export class TaskService {
   constructor(config: Config, deps: TaskDeps) {
     this.#config = config;
     this.#d = deps;
+    this.#channels = new Channels({ timeoutMs: 5_000, secret: config.internalSecret });
     deps.metrics.gauge("resonance_consumer_ack_pending", "Queue events delivered and not yet acked", async () => (await deps.queue.consumer.pending()).ackPending);
     deps.metrics.gauge("resonance_consumer_lag", "Queue events waiting to be delivered", async () => (await deps.queue.consumer.pending()).waiting);
   }

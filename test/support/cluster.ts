@@ -74,6 +74,7 @@ export class TestCluster {
       RESONANCE_NATS_URL: NATS_URL,
       RESONANCE_ETCD_ENDPOINTS: ETCD_ENDPOINTS,
       RESONANCE_TOKEN_SECRET: randomBytes(24).toString("hex"),
+      RESONANCE_INTERNAL_SECRET: randomBytes(24).toString("hex"),
       RESONANCE_NAMESPACE: namespace,
       ...opts.env,
     };
