@@ -352,24 +352,11 @@ export class LogicStore {
       [msgIds],
     );
     return new Map(
-      rows.map((r) => [
-        r.id,
-        toBinary(
-          PushEventSchema,
-          create(PushEventSchema, {
-            msgId: BigInt(r.id),
-            seqId: BigInt(r.seq_id),
-            sessionId: r.session_id,
-            fromUsername: r.sender,
-            toUsername: r.to_username,
-            content: r.content,
-            type: r.type,
-            timestamp: BigInt(r.created_at),
-            sessionName: r.name,
-            sessionType: r.stype,
-          }),
-        ),
-      ]),
+      rows.map((r) => {
+        // The event carries the message's fields plus the session's name and type.
+        const { $typeName: _, sessionMeta: __, ...message } = toPush(r);
+        return [r.id, toBinary(PushEventSchema, create(PushEventSchema, { ...message, sessionName: r.name, sessionType: r.stype }))];
+      }),
     );
   }
 
