@@ -107,6 +107,14 @@ export class GatewayService {
             const failed = hub.push(req.toUsernames, req.message);
             return { msgId: req.message.msgId, failedUsernames: failed };
           },
+          async pushBatch(req) {
+            const results = req.pushes.map((p) =>
+              p.message
+                ? { msgId: p.message.msgId, failedUsernames: hub.push(p.toUsernames, p.message) }
+                : { error: "message is required", failedUsernames: p.toUsernames },
+            );
+            return { results };
+          },
         }),
     });
     presence.start();

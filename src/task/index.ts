@@ -1,5 +1,5 @@
 import { create, fromBinary } from "@bufbuild/protobuf";
-import { PushMessageSchema, PushService, SessionMetaSchema } from "../gen/resonance/gateway/v1/gateway_pb.js";
+import { PushMessageSchema, SessionMetaSchema } from "../gen/resonance/gateway/v1/gateway_pb.js";
 import { PushEventSchema, type PushEvent } from "../gen/resonance/mq/v1/mq_pb.js";
 import type { Config } from "../config/config.js";
 import type { DeliveredEvent, Queue } from "../infra/queue/types.js";
@@ -11,6 +11,7 @@ import type { Logger } from "../observability/log.js";
 import type { Metrics } from "../observability/metrics.js";
 import { Channels } from "../rpc/channels.js";
 import { INBOX_INSERT } from "./inbox.js";
+import { GatewayPusher } from "./pusher.js";
 
 export interface TaskDeps {
   readonly log: Logger;
@@ -32,6 +33,7 @@ export class TaskService {
   readonly #d: TaskDeps;
   readonly #channels: Channels;
   readonly #pushes = new Set<Promise<void>>();
+  readonly #pushers = new Map<string, GatewayPusher>();
   #gateways: RegistryWatch | undefined;
   #started = false;
 
@@ -46,7 +48,12 @@ export class TaskService {
   async start(): Promise<void> {
     this.#gateways = await this.#d.registry.watch("gateway", (entries) => {
       const live = new Set(entries.map((e) => e.address));
-      for (const a of this.#known) if (!live.has(a)) this.#channels.forget(a);
+      for (const a of this.#known) {
+        if (live.has(a)) continue;
+        const gone = this.#pushers.get(a);
+        this.#pushers.delete(a);
+        void (gone?.flush() ?? Promise.resolve()).then(() => this.#channels.forget(a));
+      }
       this.#known = live;
     });
     this.#known = new Set(this.#gateways.entries().map((e) => e.address));
@@ -92,7 +99,16 @@ export class TaskService {
     void p.finally(() => this.#pushes.delete(p));
   }
 
-  /** One route lookup for all members, then one Push per gateway. Never rejects. */
+  #pusher(address: string): GatewayPusher {
+    let p = this.#pushers.get(address);
+    if (!p) {
+      p = new GatewayPusher(address, this.#channels, this.#d.metrics, this.#d.log);
+      this.#pushers.set(address, p);
+    }
+    return p;
+  }
+
+  /** One route lookup for all members, then the message is queued for each gateway. Never rejects. */
   async #push(e: PushEvent, members: string[]): Promise<void> {
     try {
       const routes = await this.#d.routes.lookup(members);
@@ -117,19 +133,11 @@ export class TaskService {
         timestamp: e.timestamp,
         ...(e.type === "system" ? { sessionMeta: create(SessionMetaSchema, { name: e.sessionName, type: e.sessionType }) } : {}),
       });
-      await Promise.all(
-        [...byGateway].map(async ([gatewayId, users]) => {
-          const address = addresses.get(gatewayId);
-          if (!address) return void this.#d.metrics.pushes.inc({ outcome: "gateway-gone" });
-          try {
-            await this.#channels.client(PushService, address).push({ toUsernames: users, message });
-            this.#d.metrics.pushes.inc({ outcome: "ok" });
-          } catch (err) {
-            this.#d.metrics.pushes.inc({ outcome: "failed" });
-            this.#d.log.debug({ err, gatewayId }, "push failed; recipients will catch up from their inbox");
-          }
-        }),
-      );
+      for (const [gatewayId, users] of byGateway) {
+        const address = addresses.get(gatewayId);
+        if (!address) this.#d.metrics.pushes.inc({ outcome: "gateway-gone" });
+        else this.#pusher(address).push(users, message);
+      }
     } catch (err) {
       this.#d.log.warn({ err, msgId: e.msgId.toString() }, "route lookup failed; recipients will catch up from their inbox");
     }
@@ -142,17 +150,18 @@ export class TaskService {
     return { mqAcked: s.acked, mqNaked: s.naked };
   }
 
-  /** Shutdown step: waits for the pushes in flight. */
+  /** Shutdown step: waits for the route lookups and the pushes queued or in flight. */
   async flushPushes(): Promise<Record<string, number>> {
     const n = this.#pushes.size;
     await Promise.all(this.#pushes);
+    await Promise.all([...this.#pushers.values()].map((p) => p.flush()));
     return { pushesFlushed: n };
   }
 
   /** Closes what this service opened (not its infrastructure); idempotent. */
   async close(): Promise<void> {
     if (this.#started) await this.#d.queue.consumer.stop();
-    await Promise.all(this.#pushes);
+    await this.flushPushes();
     await this.#gateways?.close();
     this.#channels.close();
   }
