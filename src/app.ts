@@ -110,6 +110,7 @@ export class App {
         if (this.#shutdown) return; // Asked to stop while starting: never report ready.
         this.#health?.setReady(true);
         this.log.info({ role: this.role, instance: this.config.instanceId }, "started");
+        this.#injectCrash();
       } catch (err) {
         if (!this.#shutdown) await this.#closeOpened();
         throw err;
@@ -183,6 +184,13 @@ export class App {
     if (r === "gateway" || r === "all") {
       this.gateway = await this.#open("gateway", new GatewayService(c, deps));
     }
+  }
+
+  /** Fault injection (tests): `process.unhandled-rejection=<ms>` rejects a promise nobody awaits. */
+  #injectCrash(): void {
+    const ms = this.config.faults.get("process.unhandled-rejection");
+    if (typeof ms !== "number") return;
+    setTimeout(() => void Promise.reject(new Error("injected unhandled rejection")), ms).unref();
   }
 
   /** The configured secret; in embedded mode one generated on first start and kept in the data dir. */

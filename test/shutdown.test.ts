@@ -229,6 +229,15 @@ describe.skipIf(!services.ok)("shutdown (cluster)", () => {
     expect(report.phases.find((x) => x.outcome === "running")?.name).toBe("gateway.flush-presence");
   });
 
+  it("shutdown - an unhandled rejection runs the same shutdown and exits 1", async () => {
+    const p = await cluster.startProcess("gateway", { RESONANCE_FAULTS: "process.unhandled-rejection=100" });
+    const [report, exit] = await Promise.all([p.report(), p.exited]);
+    expect(exit.code).toBe(1);
+    expect(report.reason).toBe("unhandled rejection");
+    expect(report.phases.map((x) => x.name)).toEqual(PHASES.gateway);
+    expect(report.phases.every((x) => x.outcome === "ok")).toBe(true);
+  });
+
   it("shutdown - a second signal exits at once, non-zero", async () => {
     const p = await cluster.startProcess("gateway", { RESONANCE_FAULTS: "phase.gateway.flush-presence=hang" });
     p.kill("SIGTERM");

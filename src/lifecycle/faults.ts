@@ -3,7 +3,7 @@ import type { Logger } from "../observability/log.js";
 /**
  * Fault injection for tests (RESONANCE_FAULTS, off by default): a named point waits the given
  * milliseconds, or forever for "hang". Names: `phase.<phase-name>`, `logic.<Method>` (Login,
- * Register, SendMessage), `task.before-ack`.
+ * Register, SendMessage), `task.before-ack`; `process.unhandled-rejection` is read by the app.
  */
 export class Faults {
   readonly #faults: ReadonlyMap<string, number | "hang">;
