@@ -314,6 +314,8 @@ export class ConnectionHub {
         }
       }
     }
+    // Terminated sockets report their close (and so their user's offline) right after.
+    if (terminated > 0) await Promise.race([Promise.all(closed), new Promise((r) => setTimeout(r, 200))]);
     this.counts.wsClosedClean += clean;
     this.counts.wsTerminated += terminated;
     return { wsClosedClean: clean, wsTerminated: terminated };
