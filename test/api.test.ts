@@ -2,7 +2,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TestCluster, type Mode } from "./support/cluster.js";
 import { eventually } from "./support/processes.js";
-import { apiClients, postJson } from "./support/raw.js";
+import { RawSocket, apiClients, postJson } from "./support/raw.js";
 import { requireServices } from "./support/services.js";
 
 const services = await requireServices(["postgres", "redis", "nats", "etcd"]);
@@ -156,9 +156,17 @@ describe.each(modes)("public API (%s)", (mode) => {
     expect(ok.status).toBe(200);
   });
 
-  it("api - Logout succeeds; CORS preflight is answered", async () => {
-    const r = await postJson(url, "resonance.gateway.v1.AuthService/Logout", {}, tokens.alice);
+  it("api - Logout revokes that token (HTTP 401, its sockets closed 1008) and no other; CORS preflight is answered", async () => {
+    const login = () => apiClients(url, { binary: true }).auth.login({ username: "alice", password: "secret-a" }).then((r) => r.accessToken);
+    const [doomed, other] = [await login(), await login()];
+    const socket = new RawSocket(url, doomed);
+    await socket.opened;
+    const r = await postJson(url, "resonance.gateway.v1.AuthService/Logout", {}, doomed);
     expect(r.body).toEqual({ success: true });
+    expect((await socket.closed).code).toBe(1008);
+    expect((await postJson(url, "resonance.gateway.v1.SessionService/GetSessionList", {}, doomed)).status).toBe(401);
+    expect((await postJson(url, "resonance.gateway.v1.SessionService/GetSessionList", {}, other)).status).toBe(200);
+    await expect(new RawSocket(url, doomed).opened).rejects.toThrow(/401/);
     const pre = await fetch(`${url}/resonance.gateway.v1.AuthService/Login`, { method: "OPTIONS" });
     expect(pre.status).toBe(204);
     expect(pre.headers.get("access-control-allow-headers")).toContain("connect-protocol-version");
@@ -176,10 +184,14 @@ describe.each(modes)("public API (%s)", (mode) => {
       ["SearchUser", (c) => c.session.searchUser({ query: "o" })],
       ["UpdateReadPosition", (c) => c.session.updateReadPosition({ sessionId: "single:alice:bob", seqId: 1n })],
       ["PullInboxDelta", (c) => c.session.pullInboxDelta({ cursorId: 0n, limit: 10n })],
-      ["Logout", (c) => c.auth.logout({})],
     ];
     for (const [name, call] of calls) {
       expect(await call(json), name).toEqual(await call(bin));
+    }
+    // Logout over both (each revokes its own fresh token).
+    for (const binary of [false, true]) {
+      const fresh = (await json.auth.login({ username: "alice", password: "secret-a" })).accessToken;
+      expect(await apiClients(url, { binary, token: fresh }).auth.logout({})).toMatchObject({ success: true });
     }
     // Register over both, for two new users; the errors are the same too.
     expect((await json.auth.register({ username: "erin", password: "secret-e" })).user?.username).toBe("erin");

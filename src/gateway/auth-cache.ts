@@ -3,6 +3,8 @@ import type { LogicClient } from "./logic-client.js";
 
 export interface Principal {
   readonly username: string;
+  /** The token it was validated from. */
+  readonly token: string;
   /** Token expiry, unix seconds. */
   readonly expiresAt: number;
 }
@@ -22,6 +24,11 @@ export class TokenValidator {
     this.#logic = logic;
   }
 
+  /** Forgets a token at once (it was logged out through this gateway). */
+  forget(token: string): void {
+    this.#cache.delete(token);
+  }
+
   /** Resolves the principal, or undefined for a bad or expired token. */
   async validate(token: string): Promise<Principal | undefined> {
     if (!token || token.length > 4096) return undefined;
@@ -33,7 +40,7 @@ export class TokenValidator {
       this.#cache.delete(token);
       return undefined;
     }
-    const p = { username: r.username, expiresAt: Number(r.expiresAt) };
+    const p = { username: r.username, token, expiresAt: Number(r.expiresAt) };
     if (this.#cache.size >= MAX_ENTRIES) this.#cache.delete(this.#cache.keys().next().value!);
     this.#cache.set(token, { p, until: now + TTL_MS });
     return p;

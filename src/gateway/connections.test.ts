@@ -44,8 +44,8 @@ describe("gateway connection hub", () => {
     const { h, metrics } = hub(4);
     const slow = new StuckSocket();
     const fine = new StuckSocket();
-    h.add(slow as unknown as WebSocket, "slow", "127.0.0.1", 0);
-    h.add(fine as unknown as WebSocket, "fine", "127.0.0.1", 0);
+    h.add(slow as unknown as WebSocket, { username: "slow", token: "t1", expiresAt: 0 }, "127.0.0.1");
+    h.add(fine as unknown as WebSocket, { username: "fine", token: "t2", expiresAt: 0 }, "127.0.0.1");
     const msg = create(PushMessageSchema, { msgId: 1n, seqId: 1n, sessionId: "0", content: "x" });
     for (let i = 0; i < 4; i++) expect(h.push(["slow"], msg)).toEqual([]);
     // The fifth frame does not fit: the socket is closed, the user reported as not delivered.
@@ -65,8 +65,8 @@ describe("gateway connection hub", () => {
     const { h } = hub(100);
     const a1 = new StuckSocket();
     const a2 = new StuckSocket();
-    h.add(a1 as unknown as WebSocket, "alice", "", 0);
-    h.add(a2 as unknown as WebSocket, "alice", "", 0);
+    h.add(a1 as unknown as WebSocket, { username: "alice", token: "t1", expiresAt: 0 }, "");
+    h.add(a2 as unknown as WebSocket, { username: "alice", token: "t2", expiresAt: 0 }, "");
     const msg = create(PushMessageSchema, { msgId: 7n, seqId: 1n, sessionId: "0", content: "hi" });
     expect(h.push(["alice", "nobody"], msg)).toEqual(["nobody"]);
     expect([a1.sent, a2.sent]).toEqual([1, 1]);

@@ -34,6 +34,7 @@ const ERROR_CODE_NAMES: Record<number, string> = Object.fromEntries(
 class Connection {
   readonly id: number;
   readonly username: string;
+  readonly token: string;
   readonly ws: WebSocket;
   lastSeen = Date.now();
   queued = 0;
@@ -42,9 +43,10 @@ class Connection {
   expiryTimer: NodeJS.Timeout | undefined;
   closing = false;
 
-  constructor(id: number, username: string, ws: WebSocket, burst: number) {
+  constructor(id: number, username: string, token: string, ws: WebSocket, burst: number) {
     this.id = id;
     this.username = username;
+    this.token = token;
     this.ws = ws;
     this.tokens = burst;
   }
@@ -85,6 +87,11 @@ export class ConnectionHub {
     return this.#byUser.keys();
   }
 
+  /** Closes (1008) the sockets opened with a token that was just revoked. */
+  closeToken(token: string): void {
+    for (const conn of this.#all) if (conn.token === token) this.#close(conn, CLOSE.policy, "token revoked");
+  }
+
   /** True when the user has a connection here (and so is already a push target). */
   has(username: string): boolean {
     return this.#byUser.has(username);
@@ -96,8 +103,9 @@ export class ConnectionHub {
   }
 
   /** Takes a freshly upgraded, authenticated socket. The user is a push target at once. */
-  add(ws: WebSocket, username: string, remoteIp: string, tokenExpiresAt: number): void {
-    const conn = new Connection(this.#nextId++, username, ws, this.#opts.chatBurst);
+  add(ws: WebSocket, principal: { username: string; token: string; expiresAt: number }, remoteIp: string): void {
+    const { username, token, expiresAt: tokenExpiresAt } = principal;
+    const conn = new Connection(this.#nextId++, username, token, ws, this.#opts.chatBurst);
     this.#all.add(conn);
     let set = this.#byUser.get(username);
     if (!set) {

@@ -76,7 +76,7 @@ export class GatewayService {
     );
     this.#hub = hub;
     const tokens = new TokenValidator(logic);
-    const api = publicRoutes(logic, tokens);
+    const api = publicRoutes(logic, tokens, (token) => hub.closeToken(token));
     this.#public = new PublicServer({
       host: c.listen.httpHost,
       port: c.listen.httpPort,
@@ -89,7 +89,7 @@ export class GatewayService {
       upgradeRefused: (p) => {
         if (!hub.has(p.username)) presence.offline(p.username);
       },
-      onSocket: (ws, p, ip) => hub.add(ws, p.username, ip, p.expiresAt),
+      onSocket: (ws, p, ip) => hub.add(ws, p, ip),
       authRate: { perSec: c.limits.authRatePerSec, burst: c.limits.authBurst },
       log,
       metrics: this.#d.metrics,

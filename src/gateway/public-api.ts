@@ -6,6 +6,7 @@ import { tokenOf } from "./auth-cache.js";
 import type { LogicClient } from "./logic-client.js";
 
 const userKey = createContextKey<string>("");
+const tokenKey = createContextKey<string>("");
 
 /** Logic's responses have the same fields as the public ones: drop the type name to reuse them. */
 async function same<T extends { $typeName: string }>(p: Promise<T>): Promise<Omit<T, "$typeName">> {
@@ -17,13 +18,14 @@ async function same<T extends { $typeName: string }>(p: Promise<T>): Promise<Omi
  * The public HTTP API (Connect protocol, JSON and binary): each method authenticates the
  * caller and forwards to logic with the caller's username, never a username from the request.
  */
-export function publicRoutes(l: LogicClient, tokens: TokenValidator) {
+export function publicRoutes(l: LogicClient, tokens: TokenValidator, onLogout: (token: string) => void) {
   const authenticate: Interceptor = (next) => async (req) => {
     const open = req.service.typeName === AuthService.typeName && req.method.name !== "Logout";
     if (!open) {
       const principal = await tokens.validate(tokenOf(req.header, req.url));
       if (!principal) throw new ConnectError("missing, invalid or expired token", Code.Unauthenticated);
       req.contextValues.set(userKey, principal.username);
+      req.contextValues.set(tokenKey, principal.token);
     }
     return next(req);
   };
@@ -37,8 +39,14 @@ export function publicRoutes(l: LogicClient, tokens: TokenValidator) {
     router.service(AuthService, {
       login: (req) => auth((c) => c.login({ username: req.username, password: req.password })),
       register: (req) => auth((c) => c.register({ username: req.username, password: req.password, nickname: req.nickname }), false),
-      // Tokens are stateless and expire on their own; the client forgets its token.
-      logout: async () => ({ success: true }),
+      // The caller's own token (from the header or ?token=) is revoked; the body's field is unused.
+      logout: async (_req, ctx) => {
+        const token = ctx.values.get(tokenKey);
+        const r = await auth((c) => c.logout({ accessToken: token }));
+        tokens.forget(token);
+        onLogout(token);
+        return r;
+      },
     });
     router.service(SessionService, {
       getSessionList: (_req, ctx) => session((c) => c.getSessionList({ username: ctx.values.get(userKey) })),

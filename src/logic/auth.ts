@@ -43,6 +43,7 @@ export class Tokens {
     const now = Math.floor(Date.now() / 1000);
     return new SignJWT({})
       .setProtectedHeader({ alg: "HS256" })
+      .setJti(randomBytes(12).toString("base64url"))
       .setSubject(username)
       .setIssuedAt(now)
       .setExpirationTime(now + this.#ttlSec)
@@ -50,13 +51,13 @@ export class Tokens {
       .sign(this.#key);
   }
 
-  /** Resolves with the username and expiry, or undefined for a bad, forged or expired token; never rejects. */
-  async verify(token: string): Promise<{ username: string; expiresAt: number } | undefined> {
+  /** Resolves with the username, token id and expiry, or undefined for a bad, forged or expired token; never rejects. */
+  async verify(token: string): Promise<{ username: string; jti: string; expiresAt: number } | undefined> {
     if (!token || token.length > 4096) return undefined;
     try {
       const { payload } = await jwtVerify(token, this.#key, { issuer: "resonance", algorithms: ["HS256"] });
-      if (typeof payload.sub !== "string" || typeof payload.exp !== "number") return undefined;
-      return { username: payload.sub, expiresAt: payload.exp };
+      if (typeof payload.sub !== "string" || typeof payload.exp !== "number" || typeof payload.jti !== "string") return undefined;
+      return { username: payload.sub, jti: payload.jti, expiresAt: payload.exp };
     } catch (err) {
       if (err instanceof joseErrors.JOSEError || err instanceof TypeError) return undefined;
       throw err;

@@ -67,10 +67,15 @@ export function logicRoutes(d: HandlerDeps) {
       },
       async validateToken(req) {
         const claims = await d.tokens.verify(req.accessToken);
-        if (!claims) return { valid: false };
+        if (!claims || (await d.store.isRevoked(claims.jti))) return { valid: false };
         const row = await d.store.findUser(claims.username);
         if (!row) return { valid: false };
         return { valid: true, username: row.username, user: user(row), expiresAt: BigInt(claims.expiresAt) };
+      },
+      async logout(req) {
+        const claims = await d.tokens.verify(req.accessToken);
+        if (claims) await d.store.revokeToken(claims.jti, claims.expiresAt);
+        return { success: true };
       },
     });
 

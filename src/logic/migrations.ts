@@ -74,4 +74,15 @@ export const migrations: readonly Migration[] = [
       insert into sessions (id, name, type) values ('0', 'Resonance Room', 2);
     `,
   },
+  {
+    version: 2,
+    name: "revoked tokens",
+    sql: `
+      -- Tokens logged out before their expiry (rows go once the token would have expired anyway).
+      create table revoked_tokens (
+        jti        text primary key,
+        expires_at timestamptz not null
+      );
+    `,
+  },
 ];

@@ -127,6 +127,17 @@ export class LogicStore {
     });
   }
 
+  /** Revokes a token until its expiry (unix seconds); drops revocations that have expired. */
+  async revokeToken(jti: string, expiresAt: number): Promise<void> {
+    await this.#db.query("delete from revoked_tokens where expires_at < now()");
+    await this.#db.query("insert into revoked_tokens (jti, expires_at) values ($1, to_timestamp($2)) on conflict do nothing", [jti, expiresAt]);
+  }
+
+  async isRevoked(jti: string): Promise<boolean> {
+    const { rows } = await this.#db.query("select 1 from revoked_tokens where jti = $1", [jti]);
+    return rows.length > 0;
+  }
+
   async existingUsers(usernames: readonly string[]): Promise<Set<string>> {
     const { rows } = await this.#db.query<{ username: string }>("select username from users where username = any($1)", [usernames]);
     return new Set(rows.map((r) => r.username));

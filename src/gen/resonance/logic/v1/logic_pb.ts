@@ -16,7 +16,41 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file resonance/logic/v1/logic.proto.
  */
 export const file_resonance_logic_v1_logic: GenFile = /*@__PURE__*/
-  fileDesc("Ch5yZXNvbmFuY2UvbG9naWMvdjEvbG9naWMucHJvdG8SEnJlc29uYW5jZS5sb2dpYy52MSIyCgxMb2dpblJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkiTgoNTG9naW5SZXNwb25zZRIUCgxhY2Nlc3NfdG9rZW4YASABKAkSJwoEdXNlchgCIAEoCzIZLnJlc29uYW5jZS5jb21tb24udjEuVXNlciJHCg9SZWdpc3RlclJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSEAoIbmlja25hbWUYAyABKAkiUQoQUmVnaXN0ZXJSZXNwb25zZRIUCgxhY2Nlc3NfdG9rZW4YASABKAkSJwoEdXNlchgCIAEoCzIZLnJlc29uYW5jZS5jb21tb24udjEuVXNlciIsChRWYWxpZGF0ZVRva2VuUmVxdWVzdBIUCgxhY2Nlc3NfdG9rZW4YASABKAkidQoVVmFsaWRhdGVUb2tlblJlc3BvbnNlEg0KBXZhbGlkGAEgASgIEicKBHVzZXIYAiABKAsyGS5yZXNvbmFuY2UuY29tbW9uLnYxLlVzZXISEAoIdXNlcm5hbWUYAyABKAkSEgoKZXhwaXJlc19hdBgEIAEoAyIpChVHZXRTZXNzaW9uTGlzdFJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkiTQoWR2V0U2Vzc2lvbkxpc3RSZXNwb25zZRIzCghzZXNzaW9ucxgBIAMoCzIhLnJlc29uYW5jZS5nYXRld2F5LnYxLlNlc3Npb25JbmZvIl0KFENyZWF0ZVNlc3Npb25SZXF1ZXN0EhgKEGNyZWF0b3JfdXNlcm5hbWUYASABKAkSDwoHbWVtYmVycxgCIAMoCRIMCgRuYW1lGAMgASgJEgwKBHR5cGUYBCABKAUiKwoVQ3JlYXRlU2Vzc2lvblJlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkiZAoZR2V0SGlzdG9yeU1lc3NhZ2VzUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg0KBWxpbWl0GAMgASgDEhIKCmJlZm9yZV9zZXEYBCABKAMiUQoaR2V0SGlzdG9yeU1lc3NhZ2VzUmVzcG9uc2USMwoIbWVzc2FnZXMYASADKAsyIS5yZXNvbmFuY2UuZ2F0ZXdheS52MS5QdXNoTWVzc2FnZSIpChVHZXRDb250YWN0TGlzdFJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkiTQoWR2V0Q29udGFjdExpc3RSZXNwb25zZRIzCghjb250YWN0cxgBIAMoCzIhLnJlc29uYW5jZS5nYXRld2F5LnYxLkNvbnRhY3RJbmZvIiIKEVNlYXJjaFVzZXJSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJIkYKElNlYXJjaFVzZXJSZXNwb25zZRIwCgV1c2VycxgBIAMoCzIhLnJlc29uYW5jZS5nYXRld2F5LnYxLkNvbnRhY3RJbmZvIlEKGVVwZGF0ZVJlYWRQb3NpdGlvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIOCgZzZXFfaWQYAiABKAMSEAoIdXNlcm5hbWUYAyABKAkiMgoaVXBkYXRlUmVhZFBvc2l0aW9uUmVzcG9uc2USFAoMdW5yZWFkX2NvdW50GAEgASgDIksKFVB1bGxJbmJveERlbHRhUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIRCgljdXJzb3JfaWQYAiABKAMSDQoFbGltaXQYAyABKAMidAoWUHVsbEluYm94RGVsdGFSZXNwb25zZRIwCgZldmVudHMYASADKAsyIC5yZXNvbmFuY2UuZ2F0ZXdheS52MS5JbmJveEV2ZW50EhYKDm5leHRfY3Vyc29yX2lkGAIgASgDEhAKCGhhc19tb3JlGAMgASgIIp0BChJTZW5kTWVzc2FnZVJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgDIAEoCRIVCg1mcm9tX3VzZXJuYW1lGAQgASgJEhMKC3RvX3VzZXJuYW1lGAUgASgJEg8KB2NvbnRlbnQYBiABKAkSDAoEdHlwZRgHIAEoCRIRCgl0aW1lc3RhbXAYCCABKAMSFQoNY2xpZW50X21zZ19pZBgJIAEoCSJEChNTZW5kTWVzc2FnZVJlc3BvbnNlEg4KBm1zZ19pZBgBIAEoAxIOCgZzZXFfaWQYAiABKAMSDQoFZXJyb3IYAyABKAkiRAoKVXNlck9ubGluZRIQCgh1c2VybmFtZRgBIAEoCRIRCglyZW1vdGVfaXAYAiABKAkSEQoJdGltZXN0YW1wGAMgASgDIjIKC1VzZXJPZmZsaW5lEhAKCHVzZXJuYW1lGAEgASgJEhEKCXRpbWVzdGFtcBgCIAEoAyKlAQoRU3luY1N0YXR1c1JlcXVlc3QSDgoGc2VxX2lkGAEgASgDEhIKCmdhdGV3YXlfaWQYAiABKAkSNAoMb25saW5lX2JhdGNoGAMgAygLMh4ucmVzb25hbmNlLmxvZ2ljLnYxLlVzZXJPbmxpbmUSNgoNb2ZmbGluZV9iYXRjaBgEIAMoCzIfLnJlc29uYW5jZS5sb2dpYy52MS5Vc2VyT2ZmbGluZSIzChJTeW5jU3RhdHVzUmVzcG9uc2USDgoGc2VxX2lkGAEgASgDEg0KBWVycm9yGAIgASgJMpgCCgtBdXRoU2VydmljZRJMCgVMb2dpbhIgLnJlc29uYW5jZS5sb2dpYy52MS5Mb2dpblJlcXVlc3QaIS5yZXNvbmFuY2UubG9naWMudjEuTG9naW5SZXNwb25zZRJVCghSZWdpc3RlchIjLnJlc29uYW5jZS5sb2dpYy52MS5SZWdpc3RlclJlcXVlc3QaJC5yZXNvbmFuY2UubG9naWMudjEuUmVnaXN0ZXJSZXNwb25zZRJkCg1WYWxpZGF0ZVRva2VuEigucmVzb25hbmNlLmxvZ2ljLnYxLlZhbGlkYXRlVG9rZW5SZXF1ZXN0GikucmVzb25hbmNlLmxvZ2ljLnYxLlZhbGlkYXRlVG9rZW5SZXNwb25zZTL4BQoOU2Vzc2lvblNlcnZpY2USZwoOR2V0U2Vzc2lvbkxpc3QSKS5yZXNvbmFuY2UubG9naWMudjEuR2V0U2Vzc2lvbkxpc3RSZXF1ZXN0GioucmVzb25hbmNlLmxvZ2ljLnYxLkdldFNlc3Npb25MaXN0UmVzcG9uc2USZAoNQ3JlYXRlU2Vzc2lvbhIoLnJlc29uYW5jZS5sb2dpYy52MS5DcmVhdGVTZXNzaW9uUmVxdWVzdBopLnJlc29uYW5jZS5sb2dpYy52MS5DcmVhdGVTZXNzaW9uUmVzcG9uc2UScwoSR2V0SGlzdG9yeU1lc3NhZ2VzEi0ucmVzb25hbmNlLmxvZ2ljLnYxLkdldEhpc3RvcnlNZXNzYWdlc1JlcXVlc3QaLi5yZXNvbmFuY2UubG9naWMudjEuR2V0SGlzdG9yeU1lc3NhZ2VzUmVzcG9uc2USZwoOR2V0Q29udGFjdExpc3QSKS5yZXNvbmFuY2UubG9naWMudjEuR2V0Q29udGFjdExpc3RSZXF1ZXN0GioucmVzb25hbmNlLmxvZ2ljLnYxLkdldENvbnRhY3RMaXN0UmVzcG9uc2USWwoKU2VhcmNoVXNlchIlLnJlc29uYW5jZS5sb2dpYy52MS5TZWFyY2hVc2VyUmVxdWVzdBomLnJlc29uYW5jZS5sb2dpYy52MS5TZWFyY2hVc2VyUmVzcG9uc2UScwoSVXBkYXRlUmVhZFBvc2l0aW9uEi0ucmVzb25hbmNlLmxvZ2ljLnYxLlVwZGF0ZVJlYWRQb3NpdGlvblJlcXVlc3QaLi5yZXNvbmFuY2UubG9naWMudjEuVXBkYXRlUmVhZFBvc2l0aW9uUmVzcG9uc2USZwoOUHVsbEluYm94RGVsdGESKS5yZXNvbmFuY2UubG9naWMudjEuUHVsbEluYm94RGVsdGFSZXF1ZXN0GioucmVzb25hbmNlLmxvZ2ljLnYxLlB1bGxJbmJveERlbHRhUmVzcG9uc2UybQoLQ2hhdFNlcnZpY2USXgoLU2VuZE1lc3NhZ2USJi5yZXNvbmFuY2UubG9naWMudjEuU2VuZE1lc3NhZ2VSZXF1ZXN0GicucmVzb25hbmNlLmxvZ2ljLnYxLlNlbmRNZXNzYWdlUmVzcG9uc2UybgoPUHJlc2VuY2VTZXJ2aWNlElsKClN5bmNTdGF0dXMSJS5yZXNvbmFuY2UubG9naWMudjEuU3luY1N0YXR1c1JlcXVlc3QaJi5yZXNvbmFuY2UubG9naWMudjEuU3luY1N0YXR1c1Jlc3BvbnNlYgZwcm90bzM", [file_resonance_common_v1_common, file_resonance_gateway_v1_gateway]);
+  fileDesc("Ch5yZXNvbmFuY2UvbG9naWMvdjEvbG9naWMucHJvdG8SEnJlc29uYW5jZS5sb2dpYy52MSIlCg1Mb2dvdXRSZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSIhCg5Mb2dvdXRSZXNwb25zZRIPCgdzdWNjZXNzGAEgASgIIjIKDExvZ2luUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIQCghwYXNzd29yZBgCIAEoCSJOCg1Mb2dpblJlc3BvbnNlEhQKDGFjY2Vzc190b2tlbhgBIAEoCRInCgR1c2VyGAIgASgLMhkucmVzb25hbmNlLmNvbW1vbi52MS5Vc2VyIkcKD1JlZ2lzdGVyUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIQCghwYXNzd29yZBgCIAEoCRIQCghuaWNrbmFtZRgDIAEoCSJRChBSZWdpc3RlclJlc3BvbnNlEhQKDGFjY2Vzc190b2tlbhgBIAEoCRInCgR1c2VyGAIgASgLMhkucmVzb25hbmNlLmNvbW1vbi52MS5Vc2VyIiwKFFZhbGlkYXRlVG9rZW5SZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSJ1ChVWYWxpZGF0ZVRva2VuUmVzcG9uc2USDQoFdmFsaWQYASABKAgSJwoEdXNlchgCIAEoCzIZLnJlc29uYW5jZS5jb21tb24udjEuVXNlchIQCgh1c2VybmFtZRgDIAEoCRISCgpleHBpcmVzX2F0GAQgASgDIikKFUdldFNlc3Npb25MaXN0UmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCSJNChZHZXRTZXNzaW9uTGlzdFJlc3BvbnNlEjMKCHNlc3Npb25zGAEgAygLMiEucmVzb25hbmNlLmdhdGV3YXkudjEuU2Vzc2lvbkluZm8iXQoUQ3JlYXRlU2Vzc2lvblJlcXVlc3QSGAoQY3JlYXRvcl91c2VybmFtZRgBIAEoCRIPCgdtZW1iZXJzGAIgAygJEgwKBG5hbWUYAyABKAkSDAoEdHlwZRgEIAEoBSIrChVDcmVhdGVTZXNzaW9uUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCSJkChlHZXRIaXN0b3J5TWVzc2FnZXNSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDQoFbGltaXQYAyABKAMSEgoKYmVmb3JlX3NlcRgEIAEoAyJRChpHZXRIaXN0b3J5TWVzc2FnZXNSZXNwb25zZRIzCghtZXNzYWdlcxgBIAMoCzIhLnJlc29uYW5jZS5nYXRld2F5LnYxLlB1c2hNZXNzYWdlIikKFUdldENvbnRhY3RMaXN0UmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCSJNChZHZXRDb250YWN0TGlzdFJlc3BvbnNlEjMKCGNvbnRhY3RzGAEgAygLMiEucmVzb25hbmNlLmdhdGV3YXkudjEuQ29udGFjdEluZm8iIgoRU2VhcmNoVXNlclJlcXVlc3QSDQoFcXVlcnkYASABKAkiRgoSU2VhcmNoVXNlclJlc3BvbnNlEjAKBXVzZXJzGAEgAygLMiEucmVzb25hbmNlLmdhdGV3YXkudjEuQ29udGFjdEluZm8iUQoZVXBkYXRlUmVhZFBvc2l0aW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBnNlcV9pZBgCIAEoAxIQCgh1c2VybmFtZRgDIAEoCSIyChpVcGRhdGVSZWFkUG9zaXRpb25SZXNwb25zZRIUCgx1bnJlYWRfY291bnQYASABKAMiSwoVUHVsbEluYm94RGVsdGFSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhEKCWN1cnNvcl9pZBgCIAEoAxINCgVsaW1pdBgDIAEoAyJ0ChZQdWxsSW5ib3hEZWx0YVJlc3BvbnNlEjAKBmV2ZW50cxgBIAMoCzIgLnJlc29uYW5jZS5nYXRld2F5LnYxLkluYm94RXZlbnQSFgoObmV4dF9jdXJzb3JfaWQYAiABKAMSEAoIaGFzX21vcmUYAyABKAginQEKElNlbmRNZXNzYWdlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAMgASgJEhUKDWZyb21fdXNlcm5hbWUYBCABKAkSEwoLdG9fdXNlcm5hbWUYBSABKAkSDwoHY29udGVudBgGIAEoCRIMCgR0eXBlGAcgASgJEhEKCXRpbWVzdGFtcBgIIAEoAxIVCg1jbGllbnRfbXNnX2lkGAkgASgJIkQKE1NlbmRNZXNzYWdlUmVzcG9uc2USDgoGbXNnX2lkGAEgASgDEg4KBnNlcV9pZBgCIAEoAxINCgVlcnJvchgDIAEoCSJECgpVc2VyT25saW5lEhAKCHVzZXJuYW1lGAEgASgJEhEKCXJlbW90ZV9pcBgCIAEoCRIRCgl0aW1lc3RhbXAYAyABKAMiMgoLVXNlck9mZmxpbmUSEAoIdXNlcm5hbWUYASABKAkSEQoJdGltZXN0YW1wGAIgASgDIqUBChFTeW5jU3RhdHVzUmVxdWVzdBIOCgZzZXFfaWQYASABKAMSEgoKZ2F0ZXdheV9pZBgCIAEoCRI0CgxvbmxpbmVfYmF0Y2gYAyADKAsyHi5yZXNvbmFuY2UubG9naWMudjEuVXNlck9ubGluZRI2Cg1vZmZsaW5lX2JhdGNoGAQgAygLMh8ucmVzb25hbmNlLmxvZ2ljLnYxLlVzZXJPZmZsaW5lIjMKElN5bmNTdGF0dXNSZXNwb25zZRIOCgZzZXFfaWQYASABKAMSDQoFZXJyb3IYAiABKAky6QIKC0F1dGhTZXJ2aWNlEkwKBUxvZ2luEiAucmVzb25hbmNlLmxvZ2ljLnYxLkxvZ2luUmVxdWVzdBohLnJlc29uYW5jZS5sb2dpYy52MS5Mb2dpblJlc3BvbnNlElUKCFJlZ2lzdGVyEiMucmVzb25hbmNlLmxvZ2ljLnYxLlJlZ2lzdGVyUmVxdWVzdBokLnJlc29uYW5jZS5sb2dpYy52MS5SZWdpc3RlclJlc3BvbnNlEmQKDVZhbGlkYXRlVG9rZW4SKC5yZXNvbmFuY2UubG9naWMudjEuVmFsaWRhdGVUb2tlblJlcXVlc3QaKS5yZXNvbmFuY2UubG9naWMudjEuVmFsaWRhdGVUb2tlblJlc3BvbnNlEk8KBkxvZ291dBIhLnJlc29uYW5jZS5sb2dpYy52MS5Mb2dvdXRSZXF1ZXN0GiIucmVzb25hbmNlLmxvZ2ljLnYxLkxvZ291dFJlc3BvbnNlMvgFCg5TZXNzaW9uU2VydmljZRJnCg5HZXRTZXNzaW9uTGlzdBIpLnJlc29uYW5jZS5sb2dpYy52MS5HZXRTZXNzaW9uTGlzdFJlcXVlc3QaKi5yZXNvbmFuY2UubG9naWMudjEuR2V0U2Vzc2lvbkxpc3RSZXNwb25zZRJkCg1DcmVhdGVTZXNzaW9uEigucmVzb25hbmNlLmxvZ2ljLnYxLkNyZWF0ZVNlc3Npb25SZXF1ZXN0GikucmVzb25hbmNlLmxvZ2ljLnYxLkNyZWF0ZVNlc3Npb25SZXNwb25zZRJzChJHZXRIaXN0b3J5TWVzc2FnZXMSLS5yZXNvbmFuY2UubG9naWMudjEuR2V0SGlzdG9yeU1lc3NhZ2VzUmVxdWVzdBouLnJlc29uYW5jZS5sb2dpYy52MS5HZXRIaXN0b3J5TWVzc2FnZXNSZXNwb25zZRJnCg5HZXRDb250YWN0TGlzdBIpLnJlc29uYW5jZS5sb2dpYy52MS5HZXRDb250YWN0TGlzdFJlcXVlc3QaKi5yZXNvbmFuY2UubG9naWMudjEuR2V0Q29udGFjdExpc3RSZXNwb25zZRJbCgpTZWFyY2hVc2VyEiUucmVzb25hbmNlLmxvZ2ljLnYxLlNlYXJjaFVzZXJSZXF1ZXN0GiYucmVzb25hbmNlLmxvZ2ljLnYxLlNlYXJjaFVzZXJSZXNwb25zZRJzChJVcGRhdGVSZWFkUG9zaXRpb24SLS5yZXNvbmFuY2UubG9naWMudjEuVXBkYXRlUmVhZFBvc2l0aW9uUmVxdWVzdBouLnJlc29uYW5jZS5sb2dpYy52MS5VcGRhdGVSZWFkUG9zaXRpb25SZXNwb25zZRJnCg5QdWxsSW5ib3hEZWx0YRIpLnJlc29uYW5jZS5sb2dpYy52MS5QdWxsSW5ib3hEZWx0YVJlcXVlc3QaKi5yZXNvbmFuY2UubG9naWMudjEuUHVsbEluYm94RGVsdGFSZXNwb25zZTJtCgtDaGF0U2VydmljZRJeCgtTZW5kTWVzc2FnZRImLnJlc29uYW5jZS5sb2dpYy52MS5TZW5kTWVzc2FnZVJlcXVlc3QaJy5yZXNvbmFuY2UubG9naWMudjEuU2VuZE1lc3NhZ2VSZXNwb25zZTJuCg9QcmVzZW5jZVNlcnZpY2USWwoKU3luY1N0YXR1cxIlLnJlc29uYW5jZS5sb2dpYy52MS5TeW5jU3RhdHVzUmVxdWVzdBomLnJlc29uYW5jZS5sb2dpYy52MS5TeW5jU3RhdHVzUmVzcG9uc2ViBnByb3RvMw", [file_resonance_common_v1_common, file_resonance_gateway_v1_gateway]);
+
+/**
+ * @generated from message resonance.logic.v1.LogoutRequest
+ */
+export type LogoutRequest = Message<"resonance.logic.v1.LogoutRequest"> & {
+  /**
+   * @generated from field: string access_token = 1;
+   */
+  accessToken: string;
+};
+
+/**
+ * Describes the message resonance.logic.v1.LogoutRequest.
+ * Use `create(LogoutRequestSchema)` to create a new message.
+ */
+export const LogoutRequestSchema: GenMessage<LogoutRequest> = /*@__PURE__*/
+  messageDesc(file_resonance_logic_v1_logic, 0);
+
+/**
+ * @generated from message resonance.logic.v1.LogoutResponse
+ */
+export type LogoutResponse = Message<"resonance.logic.v1.LogoutResponse"> & {
+  /**
+   * @generated from field: bool success = 1;
+   */
+  success: boolean;
+};
+
+/**
+ * Describes the message resonance.logic.v1.LogoutResponse.
+ * Use `create(LogoutResponseSchema)` to create a new message.
+ */
+export const LogoutResponseSchema: GenMessage<LogoutResponse> = /*@__PURE__*/
+  messageDesc(file_resonance_logic_v1_logic, 1);
 
 /**
  * @generated from message resonance.logic.v1.LoginRequest
@@ -38,7 +72,7 @@ export type LoginRequest = Message<"resonance.logic.v1.LoginRequest"> & {
  * Use `create(LoginRequestSchema)` to create a new message.
  */
 export const LoginRequestSchema: GenMessage<LoginRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 0);
+  messageDesc(file_resonance_logic_v1_logic, 2);
 
 /**
  * @generated from message resonance.logic.v1.LoginResponse
@@ -60,7 +94,7 @@ export type LoginResponse = Message<"resonance.logic.v1.LoginResponse"> & {
  * Use `create(LoginResponseSchema)` to create a new message.
  */
 export const LoginResponseSchema: GenMessage<LoginResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 1);
+  messageDesc(file_resonance_logic_v1_logic, 3);
 
 /**
  * @generated from message resonance.logic.v1.RegisterRequest
@@ -87,7 +121,7 @@ export type RegisterRequest = Message<"resonance.logic.v1.RegisterRequest"> & {
  * Use `create(RegisterRequestSchema)` to create a new message.
  */
 export const RegisterRequestSchema: GenMessage<RegisterRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 2);
+  messageDesc(file_resonance_logic_v1_logic, 4);
 
 /**
  * @generated from message resonance.logic.v1.RegisterResponse
@@ -109,7 +143,7 @@ export type RegisterResponse = Message<"resonance.logic.v1.RegisterResponse"> & 
  * Use `create(RegisterResponseSchema)` to create a new message.
  */
 export const RegisterResponseSchema: GenMessage<RegisterResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 3);
+  messageDesc(file_resonance_logic_v1_logic, 5);
 
 /**
  * @generated from message resonance.logic.v1.ValidateTokenRequest
@@ -126,7 +160,7 @@ export type ValidateTokenRequest = Message<"resonance.logic.v1.ValidateTokenRequ
  * Use `create(ValidateTokenRequestSchema)` to create a new message.
  */
 export const ValidateTokenRequestSchema: GenMessage<ValidateTokenRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 4);
+  messageDesc(file_resonance_logic_v1_logic, 6);
 
 /**
  * @generated from message resonance.logic.v1.ValidateTokenResponse
@@ -160,7 +194,7 @@ export type ValidateTokenResponse = Message<"resonance.logic.v1.ValidateTokenRes
  * Use `create(ValidateTokenResponseSchema)` to create a new message.
  */
 export const ValidateTokenResponseSchema: GenMessage<ValidateTokenResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 5);
+  messageDesc(file_resonance_logic_v1_logic, 7);
 
 /**
  * @generated from message resonance.logic.v1.GetSessionListRequest
@@ -177,7 +211,7 @@ export type GetSessionListRequest = Message<"resonance.logic.v1.GetSessionListRe
  * Use `create(GetSessionListRequestSchema)` to create a new message.
  */
 export const GetSessionListRequestSchema: GenMessage<GetSessionListRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 6);
+  messageDesc(file_resonance_logic_v1_logic, 8);
 
 /**
  * @generated from message resonance.logic.v1.GetSessionListResponse
@@ -194,7 +228,7 @@ export type GetSessionListResponse = Message<"resonance.logic.v1.GetSessionListR
  * Use `create(GetSessionListResponseSchema)` to create a new message.
  */
 export const GetSessionListResponseSchema: GenMessage<GetSessionListResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 7);
+  messageDesc(file_resonance_logic_v1_logic, 9);
 
 /**
  * @generated from message resonance.logic.v1.CreateSessionRequest
@@ -226,7 +260,7 @@ export type CreateSessionRequest = Message<"resonance.logic.v1.CreateSessionRequ
  * Use `create(CreateSessionRequestSchema)` to create a new message.
  */
 export const CreateSessionRequestSchema: GenMessage<CreateSessionRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 8);
+  messageDesc(file_resonance_logic_v1_logic, 10);
 
 /**
  * @generated from message resonance.logic.v1.CreateSessionResponse
@@ -243,7 +277,7 @@ export type CreateSessionResponse = Message<"resonance.logic.v1.CreateSessionRes
  * Use `create(CreateSessionResponseSchema)` to create a new message.
  */
 export const CreateSessionResponseSchema: GenMessage<CreateSessionResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 9);
+  messageDesc(file_resonance_logic_v1_logic, 11);
 
 /**
  * @generated from message resonance.logic.v1.GetHistoryMessagesRequest
@@ -275,7 +309,7 @@ export type GetHistoryMessagesRequest = Message<"resonance.logic.v1.GetHistoryMe
  * Use `create(GetHistoryMessagesRequestSchema)` to create a new message.
  */
 export const GetHistoryMessagesRequestSchema: GenMessage<GetHistoryMessagesRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 10);
+  messageDesc(file_resonance_logic_v1_logic, 12);
 
 /**
  * @generated from message resonance.logic.v1.GetHistoryMessagesResponse
@@ -292,7 +326,7 @@ export type GetHistoryMessagesResponse = Message<"resonance.logic.v1.GetHistoryM
  * Use `create(GetHistoryMessagesResponseSchema)` to create a new message.
  */
 export const GetHistoryMessagesResponseSchema: GenMessage<GetHistoryMessagesResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 11);
+  messageDesc(file_resonance_logic_v1_logic, 13);
 
 /**
  * @generated from message resonance.logic.v1.GetContactListRequest
@@ -309,7 +343,7 @@ export type GetContactListRequest = Message<"resonance.logic.v1.GetContactListRe
  * Use `create(GetContactListRequestSchema)` to create a new message.
  */
 export const GetContactListRequestSchema: GenMessage<GetContactListRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 12);
+  messageDesc(file_resonance_logic_v1_logic, 14);
 
 /**
  * @generated from message resonance.logic.v1.GetContactListResponse
@@ -326,7 +360,7 @@ export type GetContactListResponse = Message<"resonance.logic.v1.GetContactListR
  * Use `create(GetContactListResponseSchema)` to create a new message.
  */
 export const GetContactListResponseSchema: GenMessage<GetContactListResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 13);
+  messageDesc(file_resonance_logic_v1_logic, 15);
 
 /**
  * @generated from message resonance.logic.v1.SearchUserRequest
@@ -343,7 +377,7 @@ export type SearchUserRequest = Message<"resonance.logic.v1.SearchUserRequest"> 
  * Use `create(SearchUserRequestSchema)` to create a new message.
  */
 export const SearchUserRequestSchema: GenMessage<SearchUserRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 14);
+  messageDesc(file_resonance_logic_v1_logic, 16);
 
 /**
  * @generated from message resonance.logic.v1.SearchUserResponse
@@ -360,7 +394,7 @@ export type SearchUserResponse = Message<"resonance.logic.v1.SearchUserResponse"
  * Use `create(SearchUserResponseSchema)` to create a new message.
  */
 export const SearchUserResponseSchema: GenMessage<SearchUserResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 15);
+  messageDesc(file_resonance_logic_v1_logic, 17);
 
 /**
  * @generated from message resonance.logic.v1.UpdateReadPositionRequest
@@ -387,7 +421,7 @@ export type UpdateReadPositionRequest = Message<"resonance.logic.v1.UpdateReadPo
  * Use `create(UpdateReadPositionRequestSchema)` to create a new message.
  */
 export const UpdateReadPositionRequestSchema: GenMessage<UpdateReadPositionRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 16);
+  messageDesc(file_resonance_logic_v1_logic, 18);
 
 /**
  * @generated from message resonance.logic.v1.UpdateReadPositionResponse
@@ -404,7 +438,7 @@ export type UpdateReadPositionResponse = Message<"resonance.logic.v1.UpdateReadP
  * Use `create(UpdateReadPositionResponseSchema)` to create a new message.
  */
 export const UpdateReadPositionResponseSchema: GenMessage<UpdateReadPositionResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 17);
+  messageDesc(file_resonance_logic_v1_logic, 19);
 
 /**
  * @generated from message resonance.logic.v1.PullInboxDeltaRequest
@@ -431,7 +465,7 @@ export type PullInboxDeltaRequest = Message<"resonance.logic.v1.PullInboxDeltaRe
  * Use `create(PullInboxDeltaRequestSchema)` to create a new message.
  */
 export const PullInboxDeltaRequestSchema: GenMessage<PullInboxDeltaRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 18);
+  messageDesc(file_resonance_logic_v1_logic, 20);
 
 /**
  * @generated from message resonance.logic.v1.PullInboxDeltaResponse
@@ -458,7 +492,7 @@ export type PullInboxDeltaResponse = Message<"resonance.logic.v1.PullInboxDeltaR
  * Use `create(PullInboxDeltaResponseSchema)` to create a new message.
  */
 export const PullInboxDeltaResponseSchema: GenMessage<PullInboxDeltaResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 19);
+  messageDesc(file_resonance_logic_v1_logic, 21);
 
 /**
  * @generated from message resonance.logic.v1.SendMessageRequest
@@ -507,7 +541,7 @@ export type SendMessageRequest = Message<"resonance.logic.v1.SendMessageRequest"
  * Use `create(SendMessageRequestSchema)` to create a new message.
  */
 export const SendMessageRequestSchema: GenMessage<SendMessageRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 20);
+  messageDesc(file_resonance_logic_v1_logic, 22);
 
 /**
  * @generated from message resonance.logic.v1.SendMessageResponse
@@ -534,7 +568,7 @@ export type SendMessageResponse = Message<"resonance.logic.v1.SendMessageRespons
  * Use `create(SendMessageResponseSchema)` to create a new message.
  */
 export const SendMessageResponseSchema: GenMessage<SendMessageResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 21);
+  messageDesc(file_resonance_logic_v1_logic, 23);
 
 /**
  * @generated from message resonance.logic.v1.UserOnline
@@ -561,7 +595,7 @@ export type UserOnline = Message<"resonance.logic.v1.UserOnline"> & {
  * Use `create(UserOnlineSchema)` to create a new message.
  */
 export const UserOnlineSchema: GenMessage<UserOnline> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 22);
+  messageDesc(file_resonance_logic_v1_logic, 24);
 
 /**
  * @generated from message resonance.logic.v1.UserOffline
@@ -583,7 +617,7 @@ export type UserOffline = Message<"resonance.logic.v1.UserOffline"> & {
  * Use `create(UserOfflineSchema)` to create a new message.
  */
 export const UserOfflineSchema: GenMessage<UserOffline> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 23);
+  messageDesc(file_resonance_logic_v1_logic, 25);
 
 /**
  * @generated from message resonance.logic.v1.SyncStatusRequest
@@ -615,7 +649,7 @@ export type SyncStatusRequest = Message<"resonance.logic.v1.SyncStatusRequest"> 
  * Use `create(SyncStatusRequestSchema)` to create a new message.
  */
 export const SyncStatusRequestSchema: GenMessage<SyncStatusRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 24);
+  messageDesc(file_resonance_logic_v1_logic, 26);
 
 /**
  * @generated from message resonance.logic.v1.SyncStatusResponse
@@ -637,7 +671,7 @@ export type SyncStatusResponse = Message<"resonance.logic.v1.SyncStatusResponse"
  * Use `create(SyncStatusResponseSchema)` to create a new message.
  */
 export const SyncStatusResponseSchema: GenMessage<SyncStatusResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 25);
+  messageDesc(file_resonance_logic_v1_logic, 27);
 
 /**
  * @generated from service resonance.logic.v1.AuthService
@@ -666,6 +700,16 @@ export const AuthService: GenService<{
     methodKind: "unary";
     input: typeof ValidateTokenRequestSchema;
     output: typeof ValidateTokenResponseSchema;
+  },
+  /**
+   * New: revokes one token before its expiry.
+   *
+   * @generated from rpc resonance.logic.v1.AuthService.Logout
+   */
+  logout: {
+    methodKind: "unary";
+    input: typeof LogoutRequestSchema;
+    output: typeof LogoutResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_resonance_logic_v1_logic, 0);
