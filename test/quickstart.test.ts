@@ -90,6 +90,9 @@ describe("README quick start", () => {
     const bench = new Command("npm", ["run", "bench", "--", "--help"], {});
     expect(await bench.exited).toBe(0);
     expect(bench.out).toContain("bench/load.ts");
+    const startup = new Command("npm", ["run", "bench:startup", "--", "--idle", "0"], {});
+    expect(await startup.exited).toBe(0);
+    expect(startup.out).toMatch(/fresh data directory\s*: ready in [\d.]+ s/);
     const bad = new Command("npx", ["--no-install", "resonance", "gateway"], { RESONANCE_HTTP_PORT: "not-a-port" });
     expect(await bad.exited).not.toBe(0);
     expect(bad.out).toContain("RESONANCE_HTTP_PORT");
