@@ -1,7 +1,15 @@
 import { describe, expect, it } from "vitest";
-import { ConfigError, checkRole, parseConfig } from "./config.js";
+import { readFile } from "node:fs/promises";
+import { ConfigError, SETTING_NAMES, checkRole, parseConfig } from "./config.js";
 
 describe("config", () => {
+  it("config - the README's settings table names exactly the settings there are", async () => {
+    const readme = await readFile(new URL("../../README.md", import.meta.url), "utf8");
+    const table = readme.slice(readme.indexOf("## Settings"), readme.indexOf("## What happens on SIGTERM"));
+    const documented = new Set([...table.matchAll(/^\| `(RESONANCE_[A-Z_]+)`(?: \/ `(RESONANCE_[A-Z_]+)`)?/gm)].flatMap((m) => [m[1], m[2]]).filter(Boolean));
+    expect([...documented].sort()).toEqual([...SETTING_NAMES].sort());
+  });
+
   it("config - defaults select the embedded implementations and the documented ports", () => {
     const c = parseConfig({});
     expect(c.databaseUrl).toBeUndefined();

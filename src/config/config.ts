@@ -80,6 +80,9 @@ const schema = z.object({
     .default(""),
 });
 
+/** The name of every setting (environment variable). */
+export const SETTING_NAMES: readonly string[] = Object.freeze(Object.keys(schema.shape));
+
 export type RawEnv = Record<string, string | undefined>;
 
 export interface Config {
