@@ -1,9 +1,10 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { ConnectError } from "@connectrpc/connect";
 import type { WebSocket } from "ws";
 import { AckSchema, GoawaySchema, WsPacketSchema, type PushMessage, type WsPacket } from "../gen/resonance/gateway/v1/gateway_pb.js";
 import { ChatService } from "../gen/resonance/logic/v1/logic_pb.js";
 import type { Logger } from "../observability/log.js";
+import { codeName } from "../rpc/code-names.js";
 import type { Metrics } from "../observability/metrics.js";
 import type { LogicClient } from "./logic-client.js";
 import type { PresenceReporter } from "./presence.js";
@@ -26,9 +27,6 @@ export interface HubOptions {
 }
 
 const PULSE = toBinary(WsPacketSchema, create(WsPacketSchema, { payload: { case: "pulse", value: {} } }));
-const ERROR_CODE_NAMES: Record<number, string> = Object.fromEntries(
-  Object.entries(Code).filter(([, v]) => typeof v === "number").map(([k, v]) => [v, k.replace(/([a-z])([A-Z])/g, "$1_$2").toLowerCase()]),
-);
 
 /** One client's WebSocket. */
 class Connection {
@@ -215,7 +213,7 @@ export class ConnectionHub {
       this.#metrics.ackLatency.observe((performance.now() - started) / 1000);
     } catch (err) {
       const ce = ConnectError.from(err);
-      this.#ack(conn, seq, { error: ce.rawMessage, errorCode: ERROR_CODE_NAMES[ce.code] ?? "unknown", sessionId: chat.sessionId });
+      this.#ack(conn, seq, { error: ce.rawMessage, errorCode: codeName(ce.code), sessionId: chat.sessionId });
     } finally {
       if (--this.#chatsInFlight === 0) this.#chatsIdle?.();
     }
