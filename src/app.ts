@@ -61,9 +61,6 @@ export class App {
   readonly #opened: Opened[] = [];
   readonly #lost: Array<Promise<Error>> = [];
   #health: HealthServer | undefined;
-  #storage: Storage | undefined;
-  #queue: Queue | undefined;
-  #routes: RouteTable | undefined;
   gateway: GatewayService | undefined;
   logic: LogicService | undefined;
   task: TaskService | undefined;
@@ -139,16 +136,15 @@ export class App {
       }),
     );
     this.#lost.push(registry.lost);
-    const needsData = r !== "gateway";
-    if (needsData) {
+    let data: { storage: Storage; routes: RouteTable; queue: Queue } | undefined;
+    if (r !== "gateway") {
       const storage = await this.#open(
         "storage",
         createStorage({ databaseUrl: c.databaseUrl, dataDir: c.dataDir, applicationName: name, log: log.child({ part: "storage" }) }),
       );
-      this.#storage = storage;
       if (r === "all") await migrate(storage, migrations, log);
       else await requireSchema(storage);
-      this.#routes = await this.#open(
+      const routes = await this.#open(
         "routes",
         createRouteTable({
           redisUrl: c.redisUrl,
@@ -158,7 +154,7 @@ export class App {
           ...(ns ? { prefix: `${ns}:resonance:route:` } : {}),
         }),
       );
-      this.#queue = await this.#open(
+      const queue = await this.#open(
         "queue",
         createQueue({
           natsUrl: c.natsUrl,
@@ -168,18 +164,19 @@ export class App {
           ...(ns ? { stream: `RESONANCE_PUSH_${ns.toUpperCase()}`, subjects: { push: `${ns}.${PUSH_SUBJECT}`, deadLetter: `${ns}.${DEAD_LETTER_SUBJECT}` } } : {}),
         }),
       );
-      this.#lost.push(this.#queue!.lost);
+      this.#lost.push(queue.lost);
+      data = { storage, routes, queue };
     }
     const deps = { log, metrics: this.metrics, registry, faults: this.faults };
     if (r === "logic" || r === "all") {
       const tokenSecret = await this.#tokenSecret();
       this.logic = await this.#open(
         "logic",
-        new LogicService(c, { ...deps, storage: this.#storage!, queue: this.#queue!, routes: this.#routes!, tokenSecret }),
+        new LogicService(c, { ...deps, ...data!, tokenSecret }),
       );
     }
     if (r === "task" || r === "all") {
-      this.task = await this.#open("task", new TaskService(c, { ...deps, storage: this.#storage!, queue: this.#queue!, routes: this.#routes! }));
+      this.task = await this.#open("task", new TaskService(c, { ...deps, ...data! }));
     }
     if (r === "gateway" || r === "all") {
       this.gateway = await this.#open("gateway", new GatewayService(c, deps));

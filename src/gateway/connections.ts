@@ -30,7 +30,6 @@ const PULSE = toBinary(WsPacketSchema, create(WsPacketSchema, { payload: { case:
 
 /** One client's WebSocket. */
 class Connection {
-  readonly id: number;
   readonly username: string;
   readonly token: string;
   readonly ws: WebSocket;
@@ -41,8 +40,7 @@ class Connection {
   expiryTimer: NodeJS.Timeout | undefined;
   closing = false;
 
-  constructor(id: number, username: string, token: string, ws: WebSocket, burst: number) {
-    this.id = id;
+  constructor(username: string, token: string, ws: WebSocket, burst: number) {
     this.username = username;
     this.token = token;
     this.ws = ws;
@@ -62,12 +60,11 @@ export class ConnectionHub {
   readonly #log: Logger;
   readonly #byUser = new Map<string, Set<Connection>>();
   readonly #all = new Set<Connection>();
-  #nextId = 1;
   #heartbeat: NodeJS.Timeout | undefined;
   #acceptChats = true;
   #chatsInFlight = 0;
   #chatsIdle: (() => void) | undefined;
-  readonly counts = { wsClosedClean: 0, wsTerminated: 0, slowConsumers: 0, chatsRefused: 0 };
+  readonly counts = { slowConsumers: 0, chatsRefused: 0 };
 
   constructor(opts: HubOptions, logic: LogicClient, presence: PresenceReporter, metrics: Metrics, log: Logger) {
     this.#opts = opts;
@@ -103,7 +100,7 @@ export class ConnectionHub {
   /** Takes a freshly upgraded, authenticated socket. The user is a push target at once. */
   add(ws: WebSocket, principal: { username: string; token: string; expiresAt: number }, remoteIp: string): void {
     const { username, token, expiresAt: tokenExpiresAt } = principal;
-    const conn = new Connection(this.#nextId++, username, token, ws, this.#opts.chatBurst);
+    const conn = new Connection(username, token, ws, this.#opts.chatBurst);
     this.#all.add(conn);
     let set = this.#byUser.get(username);
     if (!set) {
@@ -322,8 +319,6 @@ export class ConnectionHub {
     }
     // Terminated sockets report their close (and so their user's offline) right after.
     if (terminated > 0) await Promise.race([Promise.all(closed), new Promise((r) => setTimeout(r, 200))]);
-    this.counts.wsClosedClean += clean;
-    this.counts.wsTerminated += terminated;
     return { wsClosedClean: clean, wsTerminated: terminated };
   }
 }
