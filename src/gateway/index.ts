@@ -51,8 +51,11 @@ export class GatewayService {
   async start(): Promise<void> {
     const c = this.#config;
     const log = this.#d.log;
-    if (c.logicAddresses.length === 0) this.#watch = await this.#d.registry.watch("logic");
-    const logic = new LogicClient(this.#channels, { addresses: c.logicAddresses, ...(this.#watch ? { watch: this.#watch } : {}) });
+    const logic = new LogicClient(this.#channels, c.logicAddresses);
+    if (c.logicAddresses.length === 0) {
+      this.#watch = await this.#d.registry.watch("logic", (entries) => logic.setInstances(entries));
+      logic.setInstances(this.#watch.entries());
+    }
     const presence: PresenceReporter = new PresenceReporter(
       logic,
       c.instanceId,

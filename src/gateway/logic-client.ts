@@ -1,6 +1,6 @@
 import type { DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
-import type { RegistryWatch } from "../infra/registry/types.js";
+import type { RegistryEntry } from "../infra/registry/types.js";
 import type { Channels } from "../rpc/channels.js";
 
 /**
@@ -18,21 +18,19 @@ const ATTEMPTS = 4;
  */
 export class LogicClient {
   readonly #channels: Channels;
-  readonly #static: readonly string[];
-  readonly #watch: RegistryWatch | undefined;
+  /** Where calls go: the static list, or the registry's serving instances (draining ones only when none serves). */
+  #pool: readonly string[];
   #next = 0;
 
-  constructor(channels: Channels, opts: { addresses: readonly string[]; watch?: RegistryWatch }) {
+  constructor(channels: Channels, addresses: readonly string[]) {
     this.#channels = channels;
-    this.#static = opts.addresses;
-    this.#watch = opts.watch;
+    this.#pool = addresses;
   }
 
-  #addresses(): string[] {
-    if (this.#static.length > 0) return [...this.#static];
-    const entries = this.#watch?.entries() ?? [];
+  /** Takes the registry's current logic instances (called on every change of the watch). */
+  setInstances(entries: readonly RegistryEntry[]): void {
     const serving = entries.filter((e) => e.state === "serving").map((e) => e.address);
-    return serving.length > 0 ? serving : entries.map((e) => e.address);
+    this.#pool = serving.length > 0 ? serving : entries.map((e) => e.address);
   }
 
   /**
@@ -43,7 +41,7 @@ export class LogicClient {
   async call<S extends DescService, T>(service: S, fn: (client: Client<S>) => Promise<T>, idempotent = true): Promise<T> {
     let lastErr: unknown = new ConnectError("no logic instance available", Code.Unavailable);
     for (let attempt = 0; attempt < ATTEMPTS; attempt++) {
-      const addresses = this.#addresses();
+      const addresses = this.#pool;
       if (addresses.length > 0) {
         const address = addresses[this.#next++ % addresses.length]!;
         try {

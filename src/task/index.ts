@@ -3,7 +3,7 @@ import { PushMessageSchema, SessionMetaSchema } from "../gen/resonance/gateway/v
 import { PushEventSchema, type PushEvent } from "../gen/resonance/mq/v1/mq_pb.js";
 import type { Config } from "../config/config.js";
 import type { DeliveredEvent, Queue } from "../infra/queue/types.js";
-import type { Registry, RegistryWatch } from "../infra/registry/types.js";
+import type { Registry, RegistryEntry, RegistryWatch } from "../infra/registry/types.js";
 import type { RouteTable } from "../infra/routes/types.js";
 import type { Storage } from "../infra/storage/types.js";
 import type { Faults } from "../lifecycle/faults.js";
@@ -35,6 +35,7 @@ export class TaskService {
   readonly #pushes = new Set<Promise<void>>();
   readonly #pushers = new Map<string, GatewayPusher>();
   #gateways: RegistryWatch | undefined;
+  #addresses = new Map<string, string>();
   #started = false;
 
   constructor(config: Config, deps: TaskDeps) {
@@ -46,22 +47,24 @@ export class TaskService {
   }
 
   async start(): Promise<void> {
-    this.#gateways = await this.#d.registry.watch("gateway", (entries) => {
-      const live = new Set(entries.map((e) => e.address));
-      for (const a of this.#known) {
-        if (live.has(a)) continue;
-        const gone = this.#pushers.get(a);
-        this.#pushers.delete(a);
-        void (gone?.flush() ?? Promise.resolve()).then(() => this.#channels.forget(a));
-      }
-      this.#known = live;
-    });
-    this.#known = new Set(this.#gateways.entries().map((e) => e.address));
+    this.#gateways = await this.#d.registry.watch("gateway", (entries) => this.#setGateways(entries));
+    this.#setGateways(this.#gateways.entries());
     await this.#d.queue.consumer.consume((ev) => this.#handle(ev), this.#config.task.concurrency);
     this.#started = true;
   }
 
-  #known = new Set<string>();
+  /** Gateway id → push address, kept by the registry watch; a gateway that left gets its queued pushes sent, then its channel dropped. */
+  #setGateways(entries: readonly RegistryEntry[]): void {
+    const live = new Map(entries.map((e) => [e.id, e.address]));
+    const liveAddresses = new Set(live.values());
+    for (const address of this.#addresses.values()) {
+      if (liveAddresses.has(address)) continue;
+      const gone = this.#pushers.get(address);
+      this.#pushers.delete(address);
+      void (gone?.flush() ?? Promise.resolve()).then(() => this.#channels.forget(address));
+    }
+    this.#addresses = live;
+  }
 
   async #handle(ev: DeliveredEvent): Promise<void> {
     let event: PushEvent;
@@ -121,7 +124,6 @@ export class TaskService {
         }
       }
       if (byGateway.size === 0) return;
-      const addresses = new Map((this.#gateways?.entries() ?? []).map((g) => [g.id, g.address]));
       const message = create(PushMessageSchema, {
         msgId: e.msgId,
         seqId: e.seqId,
@@ -134,7 +136,7 @@ export class TaskService {
         ...(e.type === "system" ? { sessionMeta: create(SessionMetaSchema, { name: e.sessionName, type: e.sessionType }) } : {}),
       });
       for (const [gatewayId, users] of byGateway) {
-        const address = addresses.get(gatewayId);
+        const address = this.#addresses.get(gatewayId);
         if (!address) this.#d.metrics.pushes.inc({ outcome: "gateway-gone" });
         else this.#pusher(address).push(users, message);
       }
