@@ -8,6 +8,7 @@ import { EmbeddedQueue } from "./embedded.js";
 import { createQueue } from "./index.js";
 import { DEAD_LETTER_REASON_HEADER } from "./jetstream.js";
 import type { DeliveredEvent, OutgoingEvent, Queue } from "./types.js";
+import { eventually } from "../../../test/support/processes.js";
 import { requireReachable } from "../../../test/support/services.js";
 
 const log = createLogger("test", "queue-contract", process.env.RESONANCE_TEST_LOG_LEVEL ?? "silent");
@@ -24,14 +25,10 @@ const natsAvailable = await requireReachable("NATS JetStream", async () => {
   }
 });
 
-/** Polls `check` until it returns true; fails with `what` after `timeoutMs`. */
-async function waitFor(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(10);
-  }
-}
+/** Waits until `check` is true (test/support's `eventually`), failing with `what` after `timeoutMs`. */
+const waitFor = async (what: string, check: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> => {
+  await eventually(check, timeoutMs, what);
+};
 
 const encoder = new TextEncoder();
 const event = (id: string): OutgoingEvent => ({ id, data: encoder.encode(`payload-${id}`) });
