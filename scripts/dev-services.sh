@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Ensures the cluster-mode services run on loopback: PostgreSQL, Redis, NATS (JetStream) and etcd.
 #
+# Usage: scripts/dev-services.sh [postgres|redis|nats|etcd ...] (default: all four).
 # Idempotent: a service whose port already answers is left alone. A missing one is started with
 # the command below; etcd is installed from Debian (etcd-server + etcd-client) when its binary is
 # missing. Each service must answer within WAIT_SECONDS or the script fails naming it.
@@ -93,6 +94,10 @@ ensure_etcd() {
     return
   fi
   if ! command -v etcd >/dev/null 2>&1; then
+    if [ -n "${RESONANCE_NO_INSTALL:-}" ]; then
+      echo "etcd: binary missing (not installing: RESONANCE_NO_INSTALL is set)" >&2
+      return 1
+    fi
     echo "etcd: binary missing, installing etcd-server and etcd-client from Debian"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
@@ -119,7 +124,12 @@ ensure_etcd() {
   echo "etcd: started on 127.0.0.1:2379 (data $ETCD_DATA_DIR)"
 }
 
-ensure_postgres
-ensure_redis
-ensure_nats
-ensure_etcd
+# Arguments name the services to ensure (postgres redis nats etcd); none means all of them.
+services=("$@")
+[ ${#services[@]} -gt 0 ] || services=(postgres redis nats etcd)
+for service in "${services[@]}"; do
+  case "$service" in
+    postgres | redis | nats | etcd) "ensure_$service" ;;
+    *) echo "dev-services: unknown service '$service'" >&2; exit 2 ;;
+  esac
+done
