@@ -2,8 +2,9 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TestCluster, type Mode } from "./support/cluster.js";
 import { eventually } from "./support/processes.js";
-import { RawSocket, apiClients, postJson } from "./support/raw.js";
+import { RawSocket, postJson } from "./support/raw.js";
 import { requireServices } from "./support/services.js";
+import { createApi } from "../src/client/api.js";
 
 const services = await requireServices(["postgres", "redis", "nats", "etcd"]);
 const modes: Mode[] = services.ok ? ["cluster", "standalone"] : ["standalone"];
@@ -27,7 +28,7 @@ describe.each(modes)("public API (%s)", (mode) => {
     expect(r.body.user).toMatchObject({ username: "alice", nickname: "Alice" });
     tokens.alice = r.body.accessToken as string;
 
-    const bin = apiClients(url, { binary: true });
+    const bin = createApi(url, { binary: true });
     const bob = await bin.auth.register({ username: "bob", password: "secret-b" });
     expect(bob.user?.nickname).toBe("bob");
     tokens.bob = bob.accessToken;
@@ -44,7 +45,7 @@ describe.each(modes)("public API (%s)", (mode) => {
   });
 
   it("api - Login checks the password and says the same for unknown users", async () => {
-    const bin = apiClients(url, { binary: true });
+    const bin = createApi(url, { binary: true });
     const ok = await bin.auth.login({ username: "alice", password: "secret-a" });
     expect(ok.user?.username).toBe("alice");
     const wrong = await postJson(url, "resonance.gateway.v1.AuthService/Login", { username: "alice", password: "nope-nope" });
@@ -69,15 +70,15 @@ describe.each(modes)("public API (%s)", (mode) => {
   });
 
   it("api - every new user is in the Resonance Room (session 0)", async () => {
-    const { session } = apiClients(url, { binary: true, token: tokens.bob! });
+    const { session } = createApi(url, { binary: true, token: tokens.bob! });
     const list = await session.getSessionList({});
     expect(list.sessions.map((s) => s.sessionId)).toContain("0");
     expect(list.sessions.find((s) => s.sessionId === "0")?.name).toBe("Resonance Room");
   });
 
   it("api - CreateSession single is idempotent from either side; group gets a system message with session_meta", async () => {
-    const a = apiClients(url, { binary: false, token: tokens.alice! }).session;
-    const b = apiClients(url, { binary: true, token: tokens.bob! }).session;
+    const a = createApi(url, { binary: false, token: tokens.alice! }).session;
+    const b = createApi(url, { binary: true, token: tokens.bob! }).session;
     const first = await a.createSession({ members: ["bob"], type: 1 });
     expect(first.sessionId).toBe("single:alice:bob");
     expect((await b.createSession({ members: ["alice", "bob"], type: 1 })).sessionId).toBe("single:alice:bob");
@@ -91,14 +92,14 @@ describe.each(modes)("public API (%s)", (mode) => {
   });
 
   it("api - CreateSession rejects unknown members (404) and bad types (400)", async () => {
-    const a = apiClients(url, { binary: true, token: tokens.alice! }).session;
+    const a = createApi(url, { binary: true, token: tokens.alice! }).session;
     await expect(a.createSession({ members: ["ghost"], type: 1 })).rejects.toMatchObject({ code: Code.NotFound });
     await expect(a.createSession({ members: ["bob"], type: 3 })).rejects.toMatchObject({ code: Code.InvalidArgument });
     await expect(a.createSession({ members: ["bob", "carol"], type: 1 })).rejects.toMatchObject({ code: Code.InvalidArgument });
   });
 
   it("api - non-members get permission_denied (403) for anything about a session", async () => {
-    const c = apiClients(url, { binary: true, token: tokens.carol! }).session;
+    const c = createApi(url, { binary: true, token: tokens.carol! }).session;
     await expect(c.getHistoryMessages({ sessionId: "single:alice:bob" })).rejects.toMatchObject({ code: Code.PermissionDenied });
     await expect(c.updateReadPosition({ sessionId: "single:alice:bob", seqId: 1n })).rejects.toMatchObject({ code: Code.PermissionDenied });
     const raw = await postJson(url, "resonance.gateway.v1.SessionService/GetHistoryMessages", { sessionId: "single:alice:bob" }, tokens.carol);
@@ -107,7 +108,7 @@ describe.each(modes)("public API (%s)", (mode) => {
   });
 
   it("api - GetContactList and SearchUser", async () => {
-    const a = apiClients(url, { binary: false, token: tokens.alice! }).session;
+    const a = createApi(url, { binary: false, token: tokens.alice! }).session;
     const contacts = await a.getContactList({});
     expect(contacts.contacts.map((c) => c.username)).toEqual(["bob"]);
     const found = await a.searchUser({ query: "CAR" });
@@ -116,7 +117,7 @@ describe.each(modes)("public API (%s)", (mode) => {
   });
 
   it("api - UpdateReadPosition only moves forward and returns the unread count", async () => {
-    const b = apiClients(url, { binary: true, token: tokens.bob! }).session;
+    const b = createApi(url, { binary: true, token: tokens.bob! }).session;
     const list = await b.getSessionList({});
     const single = list.sessions.find((s) => s.sessionId === "single:alice:bob")!;
     expect(single.unreadCount).toBe(1n);
@@ -128,7 +129,7 @@ describe.each(modes)("public API (%s)", (mode) => {
   });
 
   it("api - PullInboxDelta pages by cursor", async () => {
-    const b = apiClients(url, { binary: true, token: tokens.bob! }).session;
+    const b = createApi(url, { binary: true, token: tokens.bob! }).session;
     // The two system messages of the sessions bob is in reach his inbox through the queue.
     const all = await eventually(async () => {
       const r = await b.pullInboxDelta({ cursorId: 0n, limit: 100n });
@@ -157,7 +158,7 @@ describe.each(modes)("public API (%s)", (mode) => {
   });
 
   it("api - Logout revokes that token (HTTP 401, its sockets closed 1008) and no other; CORS preflight is answered", async () => {
-    const login = () => apiClients(url, { binary: true }).auth.login({ username: "alice", password: "secret-a" }).then((r) => r.accessToken);
+    const login = () => createApi(url, { binary: true }).auth.login({ username: "alice", password: "secret-a" }).then((r) => r.accessToken);
     const [doomed, other] = [await login(), await login()];
     const socket = new RawSocket(url, doomed);
     await socket.opened;
@@ -173,9 +174,9 @@ describe.each(modes)("public API (%s)", (mode) => {
   });
 
   it("api - every method answers the same over JSON and binary", async () => {
-    const json = apiClients(url, { binary: false, token: tokens.alice! });
-    const bin = apiClients(url, { binary: true, token: tokens.alice! });
-    const calls: Array<[string, (c: ReturnType<typeof apiClients>) => Promise<unknown>]> = [
+    const json = createApi(url, { binary: false, token: tokens.alice! });
+    const bin = createApi(url, { binary: true, token: tokens.alice! });
+    const calls: Array<[string, (c: ReturnType<typeof createApi>) => Promise<unknown>]> = [
       ["Login", (c) => c.auth.login({ username: "bob", password: "secret-b" }).then((r) => r.user)],
       ["GetSessionList", (c) => c.session.getSessionList({})],
       ["CreateSession", (c) => c.session.createSession({ members: ["bob"], type: 1 })],
@@ -191,7 +192,7 @@ describe.each(modes)("public API (%s)", (mode) => {
     // Logout over both (each revokes its own fresh token).
     for (const binary of [false, true]) {
       const fresh = (await json.auth.login({ username: "alice", password: "secret-a" })).accessToken;
-      expect(await apiClients(url, { binary, token: fresh }).auth.logout({})).toMatchObject({ success: true });
+      expect(await createApi(url, { binary, token: fresh }).auth.logout({})).toMatchObject({ success: true });
     }
     // Register over both, for two new users; the errors are the same too.
     expect((await json.auth.register({ username: "erin", password: "secret-e" })).user?.username).toBe("erin");
@@ -202,7 +203,7 @@ describe.each(modes)("public API (%s)", (mode) => {
   });
 
   it("api - errors from the binary client are ConnectErrors with codes", async () => {
-    const anon = apiClients(url, { binary: true });
+    const anon = createApi(url, { binary: true });
     const err = await anon.session.getSessionList({}).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ConnectError);
     expect((err as ConnectError).code).toBe(Code.Unauthenticated);

@@ -1,8 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TestCluster, type Mode } from "./support/cluster.js";
 import { eventually } from "./support/processes.js";
-import { RawSocket, apiClients } from "./support/raw.js";
+import { RawSocket } from "./support/raw.js";
 import { requireServices } from "./support/services.js";
+import { createApi } from "../src/client/api.js";
 
 const services = await requireServices(["postgres", "redis", "nats", "etcd"]);
 const modes: Mode[] = services.ok ? ["cluster", "standalone"] : ["standalone"];
@@ -32,7 +33,7 @@ describe.each(modes)("delivery (%s)", (mode) => {
     gw1 = cluster.urls[0]!;
     gw2 = cluster.urls[1] ?? gw1;
     for (const u of ["alice", "bob", "carol"]) {
-      token[u] = (await apiClients(gw1, { binary: true }).auth.register({ username: u, password: `pw-${u}-123` })).accessToken;
+      token[u] = (await createApi(gw1, { binary: true }).auth.register({ username: u, password: `pw-${u}-123` })).accessToken;
     }
   });
   afterAll(async () => {
@@ -41,11 +42,11 @@ describe.each(modes)("delivery (%s)", (mode) => {
   });
 
   async function sessionHistory(user: string, sessionId: string) {
-    return (await apiClients(gw1, { binary: true, token: token[user]! }).session.getHistoryMessages({ sessionId, limit: 100n })).messages;
+    return (await createApi(gw1, { binary: true, token: token[user]! }).session.getHistoryMessages({ sessionId, limit: 100n })).messages;
   }
 
   async function inbox(user: string) {
-    return (await apiClients(gw2, { binary: true, token: token[user]! }).session.pullInboxDelta({ cursorId: 0n, limit: 500n })).events;
+    return (await createApi(gw2, { binary: true, token: token[user]! }).session.pullInboxDelta({ cursorId: 0n, limit: 500n })).events;
   }
 
   it("delivery - the WebSocket upgrade needs a valid token (401 without upgrading)", async () => {
@@ -57,7 +58,7 @@ describe.each(modes)("delivery (%s)", (mode) => {
     const a1 = await open(gw1, "alice");
     const a2 = await open(gw1, "alice");
     const b = await open(gw2, "bob");
-    const sessionId = (await apiClients(gw1, { binary: true, token: token.alice! }).session.createSession({ members: ["bob"], type: 1 })).sessionId;
+    const sessionId = (await createApi(gw1, { binary: true, token: token.alice! }).session.createSession({ members: ["bob"], type: 1 })).sessionId;
 
     a1.send({ seq: "c-1", payload: { case: "chat", value: { sessionId, content: "hi bob" } } });
     const ack = await a1.ackFor("c-1");
@@ -78,7 +79,7 @@ describe.each(modes)("delivery (%s)", (mode) => {
     const a = await open(gw1, "alice");
     const b = await open(gw2, "bob");
     const c = await open(gw2, "carol");
-    const sessionId = (await apiClients(gw1, { binary: true, token: token.alice! }).session.createSession({ members: ["bob", "carol"], name: "g", type: 2 }))
+    const sessionId = (await createApi(gw1, { binary: true, token: token.alice! }).session.createSession({ members: ["bob", "carol"], name: "g", type: 2 }))
       .sessionId;
     a.send({ seq: "g-1", payload: { case: "chat", value: { sessionId, content: "hello group" } } });
     const ack = await a.ackFor("g-1");
@@ -92,7 +93,7 @@ describe.each(modes)("delivery (%s)", (mode) => {
   it("delivery - offline catch-up: bob gets exactly the five messages sent while he was away, in seq order", async () => {
     const a = await open(gw1, "alice");
     const sessionId = "single:alice:bob";
-    const bob = apiClients(gw2, { binary: true, token: token.bob! }).session;
+    const bob = createApi(gw2, { binary: true, token: token.bob! }).session;
     // Bob's cursor before he goes away: everything so far, once it reached his inbox.
     const before = await eventually(async () => {
       const history = await sessionHistory("bob", sessionId);

@@ -6,8 +6,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AuthService as LogicAuthService } from "../src/gen/resonance/logic/v1/logic_pb.js";
 import { NATS_URL, TestCluster } from "./support/cluster.js";
 import { eventually } from "./support/processes.js";
-import { RawSocket, apiClients } from "./support/raw.js";
+import { RawSocket } from "./support/raw.js";
 import { requireServices } from "./support/services.js";
+import { createApi } from "../src/client/api.js";
 
 const services = await requireServices(["postgres", "redis", "nats", "etcd"]);
 if (!services.ok) console.warn(`redelivery tests skipped: ${services.reason}`);
@@ -23,10 +24,10 @@ describe.skipIf(!services.ok)("redelivery (cluster)", () => {
 
   it("redelivery - a task killed between its inbox write and its ack: the event comes back, no inbox row is duplicated", async () => {
     const url = cluster.urls[0]!;
-    const api = apiClients(url, { binary: true });
+    const api = createApi(url, { binary: true });
     const alice = (await api.auth.register({ username: "alice", password: "pw-alice-1" })).accessToken;
     await api.auth.register({ username: "bob", password: "pw-bob-12" });
-    const sessionId = (await apiClients(url, { binary: true, token: alice }).session.createSession({ members: ["bob"], type: 1 })).sessionId;
+    const sessionId = (await createApi(url, { binary: true, token: alice }).session.createSession({ members: ["bob"], type: 1 })).sessionId;
 
     // This task writes the inbox, then hangs before acking.
     const stuck = await cluster.startProcess("task", { RESONANCE_FAULTS: "task.before-ack=hang" });

@@ -5,8 +5,9 @@ import { Etcd3 } from "etcd3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ETCD_ENDPOINTS, NATS_URL, REDIS_URL, TestCluster } from "./support/cluster.js";
 import { ServiceProcess, eventually } from "./support/processes.js";
-import { RawSocket, apiClients } from "./support/raw.js";
+import { RawSocket } from "./support/raw.js";
 import { TEST_NATS_MONITOR_URL, requireServices } from "./support/services.js";
+import { createApi } from "../src/client/api.js";
 
 const services = await requireServices(["postgres", "redis", "nats", "nats-monitor", "etcd"]);
 if (!services.ok) console.warn(`shutdown tests (cluster) skipped: ${services.reason}`);
@@ -41,7 +42,7 @@ describe.skipIf(!services.ok)("shutdown (cluster)", () => {
 
   beforeAll(async () => {
     cluster = await TestCluster.start({ mode: "cluster", gateways: 1, env: FAST });
-    const api = apiClients(cluster.urls[0]!, { binary: true });
+    const api = createApi(cluster.urls[0]!, { binary: true });
     alice = (await api.auth.register({ username: "alice", password: "pw-alice-1" })).accessToken;
     bob = (await api.auth.register({ username: "bob", password: "pw-bob-12" })).accessToken;
   });
@@ -284,7 +285,7 @@ describe("shutdown (standalone all)", () => {
   it("shutdown - all on SIGTERM: gateway, logic, task phases in order, Goaway + 1001 to every socket, exit 0", async () => {
     const p = cluster.gateways[0]!;
     const url = cluster.urls[0]!;
-    const token = (await apiClients(url, { binary: true }).auth.register({ username: "dora", password: "pw-dora-1" })).accessToken;
+    const token = (await createApi(url, { binary: true }).auth.register({ username: "dora", password: "pw-dora-1" })).accessToken;
     const sockets = await Promise.all(
       Array.from({ length: 5 }, async () => {
         const s = new RawSocket(url, token);
@@ -308,7 +309,7 @@ describe("shutdown (standalone all)", () => {
     const p = await cluster.startProcess("all", { RESONANCE_DATA_DIR: cluster.dataDir! });
     const url = `http://127.0.0.1:${p.env.RESONANCE_HTTP_PORT}`;
     // dora registered before the first shutdown: still there.
-    const login = await apiClients(url, { binary: true }).auth.login({ username: "dora", password: "pw-dora-1" });
+    const login = await createApi(url, { binary: true }).auth.login({ username: "dora", password: "pw-dora-1" });
     expect(login.user?.username).toBe("dora");
     p.kill("SIGINT");
     const [report, exit] = await Promise.all([p.report(), p.exited]);

@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TestCluster } from "./support/cluster.js";
 import { eventually } from "./support/processes.js";
-import { RawSocket, apiClients } from "./support/raw.js";
+import { RawSocket } from "./support/raw.js";
+import { createApi } from "../src/client/api.js";
 
 describe("standalone", () => {
   let cluster: TestCluster;
@@ -13,10 +14,10 @@ describe("standalone", () => {
 
   it("standalone - SIGKILL right after acks loses nothing: after a restart every acked message is in history and in every member's inbox", async () => {
     const url = cluster.urls[0]!;
-    const api = apiClients(url, { binary: true });
+    const api = createApi(url, { binary: true });
     const tokens: Record<string, string> = {};
     for (const u of ["alice", "bob", "carol"]) tokens[u] = (await api.auth.register({ username: u, password: `pw-${u}-1` })).accessToken;
-    const group = (await apiClients(url, { binary: true, token: tokens.alice! }).session.createSession({ members: ["bob", "carol"], type: 2, name: "g" }))
+    const group = (await createApi(url, { binary: true, token: tokens.alice! }).session.createSession({ members: ["bob", "carol"], type: 2, name: "g" }))
       .sessionId;
     const a = new RawSocket(url, tokens.alice!);
     await a.opened;
@@ -34,11 +35,11 @@ describe("standalone", () => {
 
     const again = await cluster.startProcess("all", { RESONANCE_DATA_DIR: cluster.dataDir! });
     const url2 = `http://127.0.0.1:${again.env.RESONANCE_HTTP_PORT}`;
-    const history = await apiClients(url2, { binary: true, token: tokens.bob! }).session.getHistoryMessages({ sessionId: group, limit: 100n });
+    const history = await createApi(url2, { binary: true, token: tokens.bob! }).session.getHistoryMessages({ sessionId: group, limit: 100n });
     const ids = new Set(history.messages.map((m) => m.msgId));
     for (const id of acked) expect(ids.has(id)).toBe(true);
     for (const u of ["alice", "bob", "carol"]) {
-      const s = apiClients(url2, { binary: true, token: tokens[u]! }).session;
+      const s = createApi(url2, { binary: true, token: tokens[u]! }).session;
       await eventually(async () => {
         const d = await s.pullInboxDelta({ cursorId: 0n, limit: 500n });
         const inbox = new Set(d.events.map((e) => e.message!.msgId));

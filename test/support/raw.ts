@@ -1,8 +1,6 @@
 import { create, fromBinary, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
-import { createClient, type Client } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
 import WebSocket from "ws";
-import { AuthService, SessionService, WsPacketSchema, type WsPacket } from "../../src/gen/resonance/gateway/v1/gateway_pb.js";
+import { WsPacketSchema, type WsPacket } from "../../src/gen/resonance/gateway/v1/gateway_pb.js";
 
 /** Raw Connect JSON call with fetch: returns status and parsed body (for error-shape tests). */
 export async function postJson(baseUrl: string, path: string, body: unknown, token?: string): Promise<{ status: number; body: Record<string, unknown> }> {
@@ -23,20 +21,6 @@ export async function postJson(baseUrl: string, path: string, body: unknown, tok
     parsed = { raw: text };
   }
   return { status: res.status, body: parsed };
-}
-
-/** Typed Connect clients over the binary (application/proto) or JSON format. */
-export function apiClients(baseUrl: string, opts: { token?: string; binary: boolean }): {
-  auth: Client<typeof AuthService>;
-  session: Client<typeof SessionService>;
-} {
-  const transport = createConnectTransport({
-    baseUrl,
-    httpVersion: "1.1",
-    useBinaryFormat: opts.binary,
-    interceptors: opts.token ? [(next) => (req) => (req.header.set("authorization", `Bearer ${opts.token}`), next(req))] : [],
-  });
-  return { auth: createClient(AuthService, transport), session: createClient(SessionService, transport) };
 }
 
 /** A bare WebSocket speaking WsPacket frames, recording what it receives. */
