@@ -1,8 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import type { Config } from "./config/config.js";
-import { ConfigError } from "./config/config.js";
+import { checkRole, type Config } from "./config/config.js";
 import { GatewayService } from "./gateway/index.js";
 import { createQueue } from "./infra/queue/index.js";
 import { DEAD_LETTER_SUBJECT, PUSH_SUBJECT, type Queue } from "./infra/queue/types.js";
@@ -68,7 +67,9 @@ export class App {
   #starting: Promise<void> | undefined;
   #started = false;
 
+  /** Throws ConfigError (before anything is opened) when the settings do not suit the role. */
   constructor(config: Config, role: Role, log?: Logger) {
+    checkRole(config, role);
     this.config = config;
     this.role = role;
     this.log = log ?? createLogger(role, config.instanceId, config.logLevel);
@@ -192,10 +193,8 @@ export class App {
 
   /** The configured secret; in embedded mode one generated on first start and kept in the data dir. */
   async #tokenSecret(): Promise<string> {
-    if (this.config.tokenSecret) return this.config.tokenSecret;
-    if (this.config.databaseUrl) {
-      throw new ConfigError("RESONANCE_TOKEN_SECRET: required when RESONANCE_DATABASE_URL is set (every logic instance must share it)");
-    }
+    // With PostgreSQL, checkRole (in the constructor) made sure one is configured.
+    if (this.config.tokenSecret || this.config.databaseUrl) return this.config.tokenSecret!;
     const file = join(this.config.dataDir, "token-secret");
     try {
       const s = (await readFile(file, "utf8")).trim();

@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { App, type Role } from "./app.js";
-import { ConfigError, checkRole, parseConfig, type Config, type RawEnv } from "./config/config.js";
+import { ConfigError, parseConfig, type Config, type RawEnv } from "./config/config.js";
 
 // The only module that reads process.env / argv and calls process.exit.
 
@@ -62,12 +62,12 @@ async function runMigrate(config: Config): Promise<void> {
 }
 
 async function runService(config: Config, role: Role): Promise<never> {
+  let app: App;
   try {
-    checkRole(config, role);
+    app = new App(config, role);
   } catch (err) {
     fail((err as Error).message);
   }
-  const app = new App(config, role);
   let signals = 0;
   const stop = (reason: string, code: number) => {
     void app.shutdown(reason, code).then(
