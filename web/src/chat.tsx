@@ -103,12 +103,12 @@ function MessageLog({ sessionId, chat, me }: LogProps) {
 
   return (
     <div class="log-wrap">
+      {chat?.loadingOlder && (
+        <p class="loading-older" role="status">
+          Loading older messages…
+        </p>
+      )}
       <div ref={ref} class="log" role="log" aria-label="Messages" aria-live="polite" tabIndex={0} onScroll={onScroll}>
-        {chat?.loadingOlder && (
-          <p class="log-note" role="status">
-            Loading older messages…
-          </p>
-        )}
         {chat?.loaded && !chat.hasOlder && <p class="log-note">This is the beginning of the chat.</p>}
         {messages.map((m, i) => {
           const prev = messages[i - 1];
