@@ -1,10 +1,13 @@
-import { spawnSync } from "node:child_process";
+/// <reference lib="dom" />
+/// <reference lib="dom.iterable" />
+// Callbacks given to page.evaluate run in the page: they are typed against the DOM.
+import { spawn, spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import type { Browser } from "playwright-core";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { ResonanceClient } from "../../src/client/index.js";
 import { TestCluster } from "../support/cluster.js";
-import type { ServiceProcess } from "../support/processes.js";
+import { eventually, freePort, type ServiceProcess } from "../support/processes.js";
 import { browserMissing, launch, register, SCREENSHOT_DIR, sessionButton, TestPage } from "./browser.js";
 
 /*
@@ -361,6 +364,39 @@ describe.skipIf(missing !== undefined)("web client", () => {
     await page.getByRole("button", { name: "Back to chats" }).click();
     await list.waitFor();
     expect(await page.locator(".chat").isVisible()).toBe(false);
+  });
+
+  it("web - dev mode (npm run dev:web) serves the page from source and proxies the API and /ws to a running gateway", async () => {
+    const port = await freePort();
+    const dev = spawn("npm", ["run", "dev:web", "--", "--port", String(port), "--strictPort"], {
+      cwd: ROOT,
+      env: { ...process.env, RESONANCE_GATEWAY: cluster.urls[0]! },
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: true, // Its own process group: npm, sh and vite are stopped together.
+    });
+    let output = "";
+    dev.stdout.on("data", (c: Buffer) => (output += c.toString()));
+    dev.stderr.on("data", (c: Buffer) => (output += c.toString()));
+    const devUrl = `http://127.0.0.1:${port}`;
+    try {
+      const html = await eventually(async () => (await fetch(devUrl)).text(), 60_000, `the dev server (${output})`);
+      expect(html).toContain("/src/main.tsx");
+      // The Node SDK through the dev server: the HTTP API and the WebSocket both reach the gateway.
+      const dana = new ResonanceClient({ urls: [devUrl], username: `dana${Date.now() % 100_000}`, password: "pw-dana-1", register: true });
+      try {
+        await dana.start();
+        expect((await dana.send({ sessionId: "0", content: "through the dev proxy" })).seqId).toBeGreaterThan(0n);
+      } finally {
+        await dana.close();
+      }
+      // And the page itself, from source.
+      const p = await TestPage.open(browser, `${devUrl}/`);
+      pages.push(p);
+      await register(p, `erin${Date.now() % 100_000}`, "Erin");
+      await sessionButton(p, "Resonance Room").waitFor({ timeout: TIMEOUT });
+    } finally {
+      process.kill(-dev.pid!, "SIGTERM");
+    }
   });
 
   it("web - dark mode follows prefers-color-scheme, and the toggle switches it (and is kept)", async () => {
