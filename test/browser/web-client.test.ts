@@ -286,6 +286,22 @@ describe.skipIf(missing !== undefined)("web client", () => {
     await a.page.locator(".msg-text", { hasText: `back ${n}` }).waitFor({ timeout: TIMEOUT });
   });
 
+  it("web - offline: the banner says so; back online, it goes and sending works", async () => {
+    const { p } = await person("alice");
+    await sessionButton(p, "Resonance Room").click();
+    p.allow(SERVER_DOWN);
+    p.allow(/ERR_INTERNET_DISCONNECTED/);
+    await p.context.setOffline(true);
+    const banner = p.page.getByRole("status").filter({ hasText: "You are offline" });
+    await banner.waitFor({ timeout: TIMEOUT });
+    await p.page.getByRole("button", { name: "Retry now" }).waitFor();
+    await p.context.setOffline(false);
+    await p.page.locator(".banner").waitFor({ state: "detached", timeout: TIMEOUT });
+    await p.page.getByRole("textbox", { name: "Message" }).fill(`online again ${n}`);
+    await p.page.getByRole("textbox", { name: "Message" }).press("Enter");
+    await p.page.locator('.msg[data-status="sent"]', { hasText: `online again ${n}` }).waitFor({ timeout: TIMEOUT });
+  });
+
   it("web - keyboard: Enter sends, Shift+Enter breaks the line, Ctrl+K jumps, Alt+arrows move, Esc closes; dialogs trap focus", async () => {
     const { p: a, username: alice } = await person("alice");
     const { username: bob } = await person("bob");

@@ -219,7 +219,8 @@ export class Store {
   setOnline(online: boolean): void {
     if (!this.#client) return;
     if (!online) return this.#set({ connection: { state: "offline" } });
-    if (this.#state.connection.state !== "online") this.#set({ connection: { state: "connecting" } });
+    // The socket may have outlived a short outage; otherwise try at once instead of after the backoff.
+    this.#set({ connection: { state: this.#client.connected ? "online" : "connecting" } });
     this.#client.retryNow();
   }
 
