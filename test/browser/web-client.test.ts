@@ -91,9 +91,19 @@ describe.skipIf(missing !== undefined)("web client", () => {
     expect(await page.evaluate(() => Object.keys(localStorage))).toContain("resonance.session");
     expect(await page.evaluate(() => JSON.stringify(localStorage))).not.toContain(`pw-${username}`);
 
+    const token = await page.evaluate(() => (JSON.parse(localStorage.getItem("resonance.session")!) as { token: string }).token);
+    const sessionList = (): Promise<Response> =>
+      fetch(new URL("/resonance.gateway.v1.SessionService/GetSessionList", url), {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+        body: "{}",
+      });
+    expect((await sessionList()).status).toBe(200);
     await page.getByRole("button", { name: "Sign out" }).click();
     await page.getByRole("button", { name: "Sign in", exact: true }).waitFor();
     expect(await page.evaluate(() => Object.keys(localStorage).filter((k) => k !== "resonance.theme"))).toEqual([]);
+    await expect.poll(async () => (await sessionList()).status, { timeout: TIMEOUT }).toBe(401); // Revoked, not just forgotten.
+    expect(await page.getByRole("status").count()).toBe(0); // No "session expired" notice after signing out.
 
     p.allow(/status of 401/); // The browser logs the refused login itself.
     await page.getByLabel("Username").fill(username);
@@ -113,6 +123,23 @@ describe.skipIf(missing !== undefined)("web client", () => {
     await page.getByLabel("Password").fill(`pw-${username}-1`);
     await page.getByRole("button", { name: "Sign in", exact: true }).click();
     await sessionButton(p, "Resonance Room").waitFor();
+  });
+
+  it("web - a token revoked elsewhere sends the page back to sign-in, saying why", async () => {
+    const { p } = await person("alice");
+    const page = p.page;
+    await sessionButton(p, "Resonance Room").waitFor();
+    const token = await page.evaluate(() => (JSON.parse(localStorage.getItem("resonance.session")!) as { token: string }).token);
+    p.allow(/status of 401/);
+    const r = await fetch(new URL("/resonance.gateway.v1.AuthService/Logout", url), {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+      body: "{}",
+    });
+    expect(r.status).toBe(200);
+    await page.getByRole("status").filter({ hasText: "Your session has expired" }).waitFor({ timeout: TIMEOUT });
+    await page.getByRole("button", { name: "Sign in", exact: true }).waitFor();
+    expect(await page.evaluate(() => localStorage.getItem("resonance.session"))).toBeNull();
   });
 
   it("web - two people chat both ways live; quick sends keep their order; unread badge, then read", async () => {

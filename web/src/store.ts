@@ -209,7 +209,9 @@ export class Store {
       if (this.#client === client) this.#set({ connection: { state: navigator.onLine ? "connecting" : "offline" } });
     });
     client.onWaiting((retryAt) => this.#set({ connection: navigator.onLine ? { state: "waiting", retryAt } : { state: "offline" } }));
-    client.onAuthExpired(() => this.#endLocal("Your session has expired. Please sign in again."));
+    client.onAuthExpired(() => {
+      if (this.#client === client) this.#endLocal("Your session has expired. Please sign in again.");
+    });
     client.start().catch((err: unknown) => {
       if (this.#client === client && ResonanceError.from(err).code !== "unauthenticated") this.#set({ notice: ResonanceError.from(err).message });
     });
@@ -229,21 +231,26 @@ export class Store {
     this.#client?.retryNow();
   }
 
-  /** Signs out: revokes the token, then forgets everything this page stored. */
+  /** Signs out: forgets everything this page stored and revokes the token. Never rejects. */
   async logout(): Promise<void> {
     const client = this.#client;
-    this.#endLocal(undefined);
+    this.#forget(undefined);
     await client?.logout();
   }
 
+  /** Back to the sign-in form, e.g. when the token was refused. */
   #endLocal(notice: string | undefined): void {
     const client = this.#client;
-    this.#client = undefined;
+    this.#forget(notice);
+    void client?.close();
+  }
+
+  #forget(notice: string | undefined): void {
+    this.#client = undefined; // From now on its late events are ignored.
     clearLocal();
     clearTimeout(this.#refreshTimer);
     this.#reading.clear();
     this.#set({ ...INITIAL, notice });
-    void client?.close();
   }
 
   /** Reloads the session list (names, unread counts, previews). Never rejects. */
