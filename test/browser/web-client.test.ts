@@ -44,7 +44,7 @@ describe.skipIf(missing !== undefined)("web client", () => {
     // The page the gateway serves is this checkout's build of web/.
     const build = spawnSync("npm", ["run", "build:web"], { cwd: ROOT, encoding: "utf8" });
     if (build.status !== 0) throw new Error(`npm run build:web failed\n${build.stdout}\n${build.stderr}`);
-    cluster = await TestCluster.start({ mode: "standalone", env: { RESONANCE_MAX_CONTENT_CHARS: "500" } });
+    cluster = await TestCluster.start({ mode: "standalone", env: { RESONANCE_MAX_CONTENT_CHARS: "500", RESONANCE_WS_DRAIN_WINDOW: "500ms" } });
     url = `${cluster.urls[0]}/`;
     browser = await launch();
     console.log(`browser test screenshots: ${SCREENSHOT_DIR}`);
