@@ -3,7 +3,7 @@ import type { AddressInfo } from "node:net";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { brotliDecompressSync, gunzipSync } from "node:zlib";
+import { brotliCompressSync, brotliDecompressSync, gunzipSync } from "node:zlib";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CONTENT_SECURITY_POLICY, StaticSite } from "./static.js";
@@ -45,6 +45,7 @@ describe("static site", () => {
     await writeFile(join(dir, "index.html"), `<!doctype html><title>t</title><script type="module" src="/assets/app-abc123.js"></script>${" ".repeat(300)}`);
     await writeFile(join(dir, "assets", "app-abc123.js"), js);
     await writeFile(join(dir, "assets", "app-abc123.js.map"), "{}");
+    await writeFile(join(dir, "assets", "app-abc123.js.br"), brotliCompressSync(js)); // As the build writes it.
     await writeFile(join(dir, "favicon.svg"), "<svg/>");
     built = await serve(await StaticSite.load(dir, log));
   });
@@ -65,7 +66,7 @@ describe("static site", () => {
     expect(again.body.length).toBe(0);
   });
 
-  it("static - hashed assets are immutable for a year, compressed as the client accepts", async () => {
+  it("static - hashed assets are immutable for a year, served compressed as the client accepts", async () => {
     const br = await get(`${built.url}/assets/app-abc123.js`, { "accept-encoding": "gzip, deflate, br" });
     expect(br.headers["cache-control"]).toBe("public, max-age=31536000, immutable");
     expect(br.headers["content-encoding"]).toBe("br");
@@ -80,10 +81,15 @@ describe("static site", () => {
     expect(head.status).toBe(200);
     expect(Number(head.headers["content-length"])).toBe(js.length);
     expect((await get(`${built.url}/favicon.svg`)).headers["cache-control"]).toBe("no-cache");
+    // The page has no .br beside it: gzip, made at load, is what it gets.
+    const page = await get(`${built.url}/`, { "accept-encoding": "br, gzip" });
+    expect(page.headers["content-encoding"]).toBe("gzip");
+    expect(gunzipSync(page.body).toString()).toContain("<!doctype html>");
   });
 
   it("static - no source maps, 404 for unknown paths, and the API paths are left alone", async () => {
     expect((await get(`${built.url}/assets/app-abc123.js.map`)).status).toBe(404);
+    expect((await get(`${built.url}/assets/app-abc123.js.br`)).status).toBe(404);
     expect((await get(`${built.url}/nope`)).status).toBe(404);
     expect((await get(`${built.url}/resonance.gateway.v1.AuthService/Login`)).status).toBe(418);
     expect((await get(`${built.url}/ws`)).status).toBe(418);

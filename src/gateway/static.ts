@@ -3,7 +3,7 @@ import { readdir, readFile } from "node:fs/promises";
 import type http from "node:http";
 import { join, relative, sep } from "node:path";
 import { fileURLToPath } from "node:url";
-import { brotliCompressSync, constants, gzipSync } from "node:zlib";
+import { gzipSync } from "node:zlib";
 import type { Logger } from "../observability/log.js";
 
 /** Where `npm run build:web` (run by `npm install`) writes the web client. */
@@ -48,8 +48,9 @@ interface Entry {
 }
 
 /**
- * The built web client, held in memory (it is ~100 KB) with gzip and brotli variants made
- * once at start. Answers GET/HEAD for `/` and the files of the build: hashed files under
+ * The built web client, held in memory (it is ~200 KB) with the gzip and brotli variants the
+ * build wrote beside each file (`.gz`, `.br`; a file without them is gzipped here, quickly,
+ * and has no brotli variant). Answers GET/HEAD for `/` and the files of the build: hashed files under
  * `/assets/` are cached for a year (their name changes with their content), everything else,
  * the page first, is revalidated on every load (`no-cache` + ETag). Source maps are never
  * served.
@@ -79,10 +80,12 @@ export class StaticSite {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
     }
+    const present = new Set(names);
+    const variant = async (file: string): Promise<Buffer | undefined> => (present.has(file) ? readFile(file) : undefined);
     for (const file of names) {
       const path = `/${relative(dir, file).split(sep).join("/")}`;
       const ext = path.slice(path.lastIndexOf("."));
-      if (ext === ".map") continue;
+      if (ext === ".map" || ext === ".br" || ext === ".gz") continue;
       const body = await readFile(file);
       const compress = COMPRESSIBLE.has(ext) && body.length > 256;
       files.set(path, {
@@ -90,8 +93,8 @@ export class StaticSite {
         etag: `"${createHash("sha256").update(body).digest("base64url").slice(0, 22)}"`,
         cacheControl: path.startsWith("/assets/") ? "public, max-age=31536000, immutable" : "no-cache",
         identity: body,
-        gzip: compress ? gzipSync(body, { level: 9 }) : undefined,
-        br: compress ? brotliCompressSync(body, { params: { [constants.BROTLI_PARAM_QUALITY]: 11 } }) : undefined,
+        gzip: compress ? ((await variant(`${file}.gz`)) ?? gzipSync(body, { level: 6 })) : undefined,
+        br: compress ? await variant(`${file}.br`) : undefined,
       });
     }
     if (!files.has("/index.html")) log.warn({ dir }, "the web client is not built (run `npm run build:web`); GET / answers 404");
