@@ -258,7 +258,7 @@ describe.skipIf(missing !== undefined)("web client", () => {
     }
   });
 
-  it("web - a send the server refuses shows why, with a retry that reuses the same message id", async () => {
+  it("web - a send the server refuses shows why, with a Retry that sends the same message again (one entry, never two)", async () => {
     const { p: a } = await person("alice");
     await sessionButton(a, "Resonance Room").click();
     const box = a.page.getByRole("textbox", { name: "Message" });

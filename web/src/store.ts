@@ -93,12 +93,19 @@ function byActivity(a: Session, b: Session): number {
   return b.activity - a.activity || a.name.localeCompare(b.name);
 }
 
-function sessionOf(s: SessionInfo): Session {
+/** The API's name; a one-to-one chat without one is named after the other member (`single:<a>:<b>`). */
+function nameOf(s: SessionInfo, me: string | undefined): string {
+  if (s.name) return s.name;
+  const single = /^single:([^:]+):([^:]+)$/.exec(s.sessionId);
+  return single ? (single[1] === me ? single[2]! : single[1]!) : s.sessionId;
+}
+
+function sessionOf(s: SessionInfo, me: string | undefined): Session {
   const last = s.lastMessage;
   const lastSeq = last?.seqId ?? 0n;
   return {
     id: s.sessionId,
-    name: s.name || s.sessionId,
+    name: nameOf(s, me),
     type: s.type,
     lastSeq,
     lastReadSeq: s.lastReadSeq,
@@ -260,7 +267,8 @@ export class Store {
     try {
       const r = await client.api.session.getSessionList({});
       if (client !== this.#client) return;
-      this.#set({ sessions: r.sessions.map(sessionOf).sort(byActivity), sessionsLoaded: true });
+      const me = this.#state.me?.username;
+      this.#set({ sessions: r.sessions.map((x) => sessionOf(x, me)).sort(byActivity), sessionsLoaded: true });
       this.#markReadIfVisible();
     } catch {
       // Offline or reconnecting: the next connect refreshes again.
