@@ -48,7 +48,9 @@ export function AuthScreen() {
         </label>
         {registering && (
           <label>
-            Nickname <span class="hint">(shown to others)</span>
+            <span>
+              Nickname <span class="hint">(shown to others)</span>
+            </span>
             <input name="nickname" autoComplete="nickname" value={nickname} placeholder={username} onInput={(e) => setNickname(e.currentTarget.value)} />
           </label>
         )}
