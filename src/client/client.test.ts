@@ -1,10 +1,13 @@
 import { once } from "node:events";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import type { PushMessage } from "../gen/resonance/gateway/v1/gateway_pb.js";
+import { ClientCore } from "./client-core.js";
 import { ResonanceClient } from "./client.js";
 import type { CloseInfo } from "./connection.js";
 import { ResonanceError } from "./errors.js";
 import { FakeBackend, FakeGateway, type ReceivedChat } from "./fake-gateway.js";
+import type { ClientPlatform } from "./platform.js";
+import { nodePlatform } from "./platform-node.js";
 import type { MessageSource, ResonanceClientOptions } from "./types.js";
 
 const cleanups: Array<() => Promise<void>> = [];
@@ -255,5 +258,75 @@ describe("client", () => {
     expect((await serverClose)[1]).toBe(1000);
     expect(c.connected).toBe(false);
     expect(c.stats()).toMatchObject({ closeCodes: { 1000: 1 }, nonRetryableErrors: 0 });
+  });
+  it("client - starts from a token; a 1008 reports auth expired once and closes, cancelling pending sends", async () => {
+    const { backend, gws } = await gateways(1);
+    const token = backend.issueToken("alice");
+    const c = client(gws, { password: undefined, token });
+    let expired = 0;
+    c.onAuthExpired(() => void expired++);
+    await c.start();
+    expect(c.token).toBe(token);
+    const ack = await c.send({ sessionId: "0", content: "with a token" });
+    expect(ack.seqId).toBeGreaterThan(0n);
+    gws[0]!.refuseUpgrades = 503; // Nothing may be sent meanwhile: the next send stays pending.
+    const closed = next(c.onClose.bind(c));
+    gws[0]!.closeAll(1008, "token revoked");
+    await closed;
+    await expect(c.send({ sessionId: "0", content: "after" })).rejects.toMatchObject({ code: "cancelled" });
+    expect(expired).toBe(1);
+    expect(c.connected).toBe(false);
+  });
+
+  it("client - a refused token at start rejects with unauthenticated and reports auth expired", async () => {
+    const { gws } = await gateways(1);
+    const c = client(gws, { password: undefined, token: "not-a-token" });
+    const expired = next(c.onAuthExpired.bind(c));
+    await expect(c.start()).rejects.toMatchObject({ code: "unauthenticated" });
+    await expired;
+  });
+
+  it("client - where the platform hides a refused upgrade's status, a token probe tells 401 from 503", async () => {
+    const { backend, gws } = await gateways(1);
+    // A browser sees a refused upgrade only as a close 1006: strip the status like it does.
+    const blind: ClientPlatform = {
+      ...nodePlatform,
+      seesUpgradeStatus: false,
+      openSocket: (url, timeout, events) => nodePlatform.openSocket(url, timeout, { ...events, end: (e) => events.end({ ...e, upgradeStatus: undefined }) }),
+    };
+    const token = backend.issueToken("alice");
+    const opts = { urls: [gws[0]!.url], username: "alice", token, reconnect: { baseMs: 5, maxMs: 20 } };
+    const c = new ClientCore(opts, blind);
+    cleanups.push(() => c.close());
+    await c.start();
+    // 503 upgrades with a valid token: retried, not taken for an expired token.
+    gws[0]!.refuseUpgrades = 503;
+    const waiting = next(c.onWaiting.bind(c));
+    gws[0]!.terminateAll();
+    await waiting;
+    await next(c.onWaiting.bind(c)); // A second wait: the failed attempt was retryable.
+    const reconnected = next(c.onConnected.bind(c));
+    gws[0]!.refuseUpgrades = undefined;
+    await reconnected;
+    // The token revoked while away: the probe's 401 ends the session.
+    const expired = next(c.onAuthExpired.bind(c));
+    backend.tokens.delete(token);
+    gws[0]!.terminateAll();
+    await expired;
+    expect(c.connected).toBe(false);
+  });
+
+  it("client - retryNow ends the wait before the next reconnection attempt", async () => {
+    const { gws } = await gateways(1);
+    const c = client(gws, { reconnect: { baseMs: 60_000, maxMs: 60_000 } });
+    await c.start();
+    gws[0]!.refuseUpgrades = 503;
+    const [at] = await Promise.all([next(c.onWaiting.bind(c)), Promise.resolve(gws[0]!.terminateAll())]).then(([a]) => a);
+    expect(c.nextAttemptAt).toBe(at);
+    gws[0]!.refuseUpgrades = undefined;
+    const reconnected = next(c.onConnected.bind(c));
+    c.retryNow();
+    await reconnected;
+    expect(c.nextAttemptAt).toBeUndefined();
   });
 });

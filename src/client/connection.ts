@@ -1,7 +1,7 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { WebSocket } from "ws";
 import { WsPacketSchema, type Goaway, type WsPacket } from "../gen/resonance/gateway/v1/gateway_pb.js";
 import { ResonanceError } from "./errors.js";
+import type { ClientPlatform, PlatformSocket, SocketEnd, Timer } from "./platform.js";
 
 /** How a socket that was open ended. */
 export interface CloseInfo {
@@ -34,63 +34,54 @@ const PULSE = toBinary(WsPacketSchema, create(WsPacketSchema, { payload: { case:
  * single close report. It never reconnects; the client decides that.
  */
 export class GatewaySocket {
-  readonly #ws: WebSocket;
+  readonly #platform: ClientPlatform;
   readonly #opts: GatewaySocketOptions;
-  #timer: NodeJS.Timeout | undefined;
+  #ws!: PlatformSocket;
+  #timer: Timer | undefined;
   #lastSeen = Date.now();
   #lastPulse = Date.now();
   #goaway: Goaway | undefined;
-  #closed: Promise<CloseInfo>;
+  readonly #closed: Promise<CloseInfo>;
+  #reportClose!: (info: CloseInfo) => void;
 
-  private constructor(ws: WebSocket, opts: GatewaySocketOptions, closed: Promise<CloseInfo>) {
-    this.#ws = ws;
+  private constructor(platform: ClientPlatform, opts: GatewaySocketOptions) {
+    this.#platform = platform;
     this.#opts = opts;
-    this.#closed = closed;
+    this.#closed = new Promise<CloseInfo>((resolve) => (this.#reportClose = resolve));
   }
 
   /**
    * Opens `url`. Resolves once the upgrade succeeded. Rejects with a ResonanceError:
    * `unauthenticated` for a 401 upgrade answer (log in again), `unavailable` for anything else
-   * (503 while draining, refused connection, handshake timeout) — retry elsewhere.
+   * (503 while draining, refused connection, handshake timeout, or a 401 that the platform
+   * cannot see: see `ClientPlatform.seesUpgradeStatus`) — retry elsewhere.
    */
-  static open(url: string, opts: GatewaySocketOptions): Promise<GatewaySocket> {
-    const ws = new WebSocket(url, { perMessageDeflate: false, handshakeTimeout: opts.handshakeTimeoutMs });
-    ws.binaryType = "nodebuffer";
-    let status = 0;
-    let failure: Error | undefined;
-    let socket: GatewaySocket | undefined;
-    let reportClose: (info: CloseInfo) => void = () => {};
-    const closed = new Promise<CloseInfo>((resolve) => (reportClose = resolve));
+  static open(platform: ClientPlatform, url: string, opts: GatewaySocketOptions): Promise<GatewaySocket> {
+    const socket = new GatewaySocket(platform, opts);
+    let opened = false;
     return new Promise<GatewaySocket>((resolve, reject) => {
-      ws.on("unexpected-response", (_req, res) => {
-        status = res.statusCode ?? 0;
-        res.resume();
-        ws.terminate();
-      });
-      ws.on("error", (err) => (failure ??= err));
-      ws.addEventListener("close", (e) => {
-        if (!socket) {
-          const code = status === 401 ? "unauthenticated" : "unavailable";
-          const why = status ? `upgrade answered ${status}` : (failure?.message ?? `closed ${e.code}`);
-          reject(new ResonanceError(code, `WebSocket ${url.replace(/token=[^&]*/, "token=…")}: ${why}`, { cause: failure }));
-          return;
-        }
-        socket.#stopTimer();
-        const info: CloseInfo = { code: e.code, reason: e.reason, wasClean: e.wasClean, goaway: socket.#goaway };
-        reportClose(info);
-        opts.onClose(info);
-      });
-      ws.on("open", () => {
-        socket = new GatewaySocket(ws, opts, closed);
-        socket.#start();
-        resolve(socket);
+      socket.#ws = platform.openSocket(url, opts.handshakeTimeoutMs, {
+        open: () => {
+          opened = true;
+          socket.#start();
+          resolve(socket);
+        },
+        frame: (data) => socket.#onFrame(data),
+        alive: () => void (socket.#lastSeen = Date.now()),
+        end: (e) => {
+          if (!opened) return reject(upgradeError(url, e));
+          socket.#stopTimer();
+          const info: CloseInfo = { code: e.code, reason: e.reason, wasClean: e.wasClean, goaway: socket.#goaway };
+          socket.#reportClose(info);
+          opts.onClose(info);
+        },
       });
     });
   }
 
   /** True while frames can be sent. */
   get isOpen(): boolean {
-    return this.#ws.readyState === WebSocket.OPEN;
+    return this.#ws.isOpen;
   }
 
   /** Resolves with the close report once the socket has closed. Never rejects. */
@@ -101,7 +92,7 @@ export class GatewaySocket {
   /** Sends one encoded WsPacket. False (nothing sent) unless the socket is open. */
   sendFrame(frame: Uint8Array): boolean {
     if (!this.isOpen) return false;
-    this.#ws.send(frame, { binary: true });
+    this.#ws.send(frame);
     return true;
   }
 
@@ -116,7 +107,7 @@ export class GatewaySocket {
    */
   async close(code = 1000, reason = "", timeoutMs = 2_000): Promise<CloseInfo> {
     this.#stopTimer();
-    if (this.#ws.readyState === WebSocket.OPEN) this.#ws.close(code, reason);
+    this.#ws.close(code, reason);
     const timer = setTimeout(() => this.#ws.terminate(), timeoutMs);
     try {
       return await this.#closed;
@@ -130,25 +121,23 @@ export class GatewaySocket {
     this.#ws.terminate();
   }
 
+  #onFrame(data: Uint8Array | undefined): void {
+    this.#lastSeen = Date.now();
+    if (!data) return this.#opts.onBadFrame?.(new Error("text frame from server dropped"));
+    let packet: WsPacket;
+    try {
+      packet = fromBinary(WsPacketSchema, data);
+    } catch (err) {
+      return this.#opts.onBadFrame?.(new Error("undecodable frame from server dropped", { cause: err }));
+    }
+    if (packet.payload.case === "goaway") this.#goaway = packet.payload.value;
+    this.#opts.onPacket(packet);
+  }
+
   #start(): void {
-    const seen = (): void => void (this.#lastSeen = Date.now());
-    this.#ws.on("ping", seen);
-    this.#ws.on("pong", seen);
-    this.#ws.on("message", (data, isBinary) => {
-      seen();
-      if (!isBinary) return this.#opts.onBadFrame?.(new Error("text frame from server dropped"));
-      let packet: WsPacket;
-      try {
-        packet = fromBinary(WsPacketSchema, toBytes(data));
-      } catch (err) {
-        return this.#opts.onBadFrame?.(new Error("undecodable frame from server dropped", { cause: err }));
-      }
-      if (packet.payload.case === "goaway") this.#goaway = packet.payload.value;
-      this.#opts.onPacket(packet);
-    });
     const tick = Math.max(10, Math.min(this.#opts.pulseIntervalMs, this.#opts.deadAfterMs / 3));
     this.#timer = setInterval(() => this.#heartbeat(), tick);
-    this.#timer.unref();
+    this.#platform.detach(this.#timer);
   }
 
   #heartbeat(): void {
@@ -169,7 +158,9 @@ export class GatewaySocket {
   }
 }
 
-function toBytes(data: WebSocket.RawData): Uint8Array {
-  if (Array.isArray(data)) return Buffer.concat(data);
-  return data instanceof ArrayBuffer ? new Uint8Array(data) : data;
+function upgradeError(url: string, e: SocketEnd): ResonanceError {
+  const where = `WebSocket ${url.replace(/token=[^&]*/, "token=…")}`;
+  const why = e.upgradeStatus ? `upgrade answered ${e.upgradeStatus}` : (e.error?.message ?? `closed ${e.code}`);
+  const code = e.upgradeStatus === 401 ? "unauthenticated" : "unavailable";
+  return new ResonanceError(code, `${where}: ${why}`, { cause: e.error });
 }

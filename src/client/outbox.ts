@@ -1,5 +1,6 @@
 import type { Ack } from "../gen/resonance/gateway/v1/gateway_pb.js";
 import { equalJitter, isRetryableCode, ResonanceError } from "./errors.js";
+import type { Timer } from "./platform.js";
 
 /** Resends after an `internal`/`unknown` ack before the send fails with that code. */
 const MAX_FAULT_RETRIES = 5;
@@ -30,7 +31,7 @@ interface Entry {
   /** Order of the last transmission, to find the most recent frame of a connection. */
   sentOrder: number;
   retries: number;
-  timer: NodeJS.Timeout | undefined;
+  timer: Timer | undefined;
 }
 
 /**
@@ -44,16 +45,19 @@ export class Outbox {
   readonly #transmit: Transmit;
   readonly #retryBaseMs: number;
   readonly #retryMaxMs: number;
+  readonly #detach: (timer: Timer) => void;
   readonly #entries = new Map<string, Entry>();
   #order = 0;
 
   readonly #hooks: OutboxHooks;
 
-  constructor(transmit: Transmit, retry: { baseMs: number; maxMs: number }, hooks: OutboxHooks = {}) {
+  /** `retry.detach` marks a retry timer as not keeping the process alive (Node's unref). */
+  constructor(transmit: Transmit, retry: { baseMs: number; maxMs: number; detach?: (timer: Timer) => void }, hooks: OutboxHooks = {}) {
     this.#transmit = transmit;
     this.#hooks = hooks;
     this.#retryBaseMs = retry.baseMs;
     this.#retryMaxMs = retry.maxMs;
+    this.#detach = retry.detach ?? (() => {});
   }
 
   get size(): number {
@@ -109,7 +113,7 @@ export class Outbox {
       entry.timer = undefined;
       if (this.#entries.get(entry.seq) === entry && entry.sentGen === -1) this.#send(entry);
     }, equalJitter(entry.retries++, base, this.#retryMaxMs));
-    entry.timer.unref();
+    this.#detach(entry.timer);
     return "retrying";
   }
 

@@ -10,7 +10,13 @@ export interface ResonanceClientOptions {
   /** Gateway base URLs (`http://127.0.0.1:8080`); reconnects go round-robin over them. */
   readonly urls: readonly string[];
   readonly username: string;
-  readonly password: string;
+  /** Logs in with it (and again whenever the token expires). Either this or `token`. */
+  readonly password?: string;
+  /**
+   * Starts from this token instead of logging in (a page that must not keep the password).
+   * When the server refuses it, the client calls `onAuthExpired` listeners and closes.
+   */
+  readonly token?: string;
   /** Register when login answers not_found/unauthenticated (logging in if someone registered first). */
   readonly register?: boolean;
   /** Nickname used when registering (default: the username, server-side). */

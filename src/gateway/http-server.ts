@@ -8,6 +8,7 @@ import type { Logger } from "../observability/log.js";
 import type { Metrics } from "../observability/metrics.js";
 import type { ListenerState } from "../rpc/server.js";
 import { tokenOf, type Principal, type TokenValidator } from "./auth-cache.js";
+import { StaticSite, WEB_BUILD_DIR } from "./static.js";
 
 const CORS = {
   "access-control-allow-origin": "*",
@@ -55,6 +56,7 @@ export class PublicServer {
   readonly #inFlight = new Set<http.ServerResponse>();
   readonly #authBuckets = new Map<string, { tokens: number; at: number }>();
   #idle: (() => void) | undefined;
+  #site: StaticSite | undefined;
   readonly counts = { httpCompleted: 0, httpAborted: 0, httpRefused: 0 };
 
   constructor(opts: PublicServerOptions) {
@@ -69,6 +71,8 @@ export class PublicServer {
       }
       for (const [k, v] of Object.entries(CORS)) res.setHeader(k, v);
       if (req.method === "OPTIONS") return void res.writeHead(204).end();
+      // The web client (GET / and its assets) is served from memory beside the API.
+      if (this.#site && StaticSite.wants(req)) return this.#site.serve(req, res);
       if (AUTH_PATHS.has((req.url ?? "").split("?")[0]!) && !this.#authAllowed(req.socket.remoteAddress ?? "")) {
         this.#opts.metrics.badInput.inc({ kind: "auth-rate-limited" });
         res.writeHead(429, { "content-type": "application/json" });
@@ -114,6 +118,7 @@ export class PublicServer {
   }
 
   async start(): Promise<void> {
+    this.#site = await StaticSite.load(WEB_BUILD_DIR, this.#opts.log);
     await new Promise<void>((resolve, reject) => {
       this.#server.once("error", reject);
       this.#server.listen(this.#opts.port, this.#opts.host, () => {
