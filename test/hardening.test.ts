@@ -1,3 +1,4 @@
+import { connect as tcpConnect } from "node:net";
 import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SessionService } from "../src/gen/resonance/logic/v1/logic_pb.js";
@@ -55,6 +56,38 @@ describe.each(modes)("hardening (%s)", (mode) => {
       expect(history.status).toBe(400);
     }
     expect((await postJson(url, "resonance.gateway.v1.SessionService/GetSessionList", {}, token.alice)).status).toBe(200);
+  });
+
+  it("hardening - an HTTP/1.0 request without a Host header is a 400, not a crash", async () => {
+    const port = Number(new URL(url).port);
+    const answer = await new Promise<string>((resolve, reject) => {
+      const c = tcpConnect(port, "127.0.0.1", () =>
+        c.write("POST /resonance.gateway.v1.AuthService/Login HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"),
+      );
+      let got = "";
+      c.on("data", (d) => (got += d.toString()));
+      c.on("end", () => resolve(got));
+      c.on("error", reject);
+    });
+    expect(answer.split("\r\n")[0]).toBe("HTTP/1.1 400 Bad Request");
+    expect(answer).toContain('"code":"invalid_argument"');
+    expect((await postJson(url, "resonance.gateway.v1.SessionService/GetSessionList", {}, token.alice)).status).toBe(200);
+  });
+
+  it("hardening - a body that does not inflate with its content-encoding is a 400, an unknown encoding a 415, never a 5xx", async () => {
+    const call = (encoding: string, body: string) =>
+      fetch(`${url}/resonance.gateway.v1.AuthService/Login`, { method: "POST", headers: { "content-type": "application/json", "content-encoding": encoding }, body }).then(
+        async (r) => ({ status: r.status, body: (await r.json()) as Record<string, unknown> }),
+      );
+    expect(await call("gzip", "not gzip at all")).toMatchObject({ status: 400, body: { code: "invalid_argument" } });
+    expect(await call("zstd", "{}")).toMatchObject({ status: 415, body: { code: "invalid_argument" } });
+    expect((await call("identity", '{"username":"alice","password":"pw-alice-123"}')).status).toBe(200);
+  });
+
+  it("hardening - a JSON value that cannot be decoded is refused with a message cut short, not the value", async () => {
+    const r = await postJson(url, "resonance.gateway.v1.SessionService/PullInboxDelta", { limit: "9".repeat(5_000) + "x" }, token.alice);
+    expect(r.status).toBe(400);
+    expect(String(r.body.message).length).toBeLessThanOrEqual(257);
   });
 
   it("hardening - NUL and other control characters are invalid_argument in every field that reaches the database", async () => {
