@@ -70,7 +70,10 @@ export class App {
   /** Throws ConfigError (before anything is opened) when the settings do not suit the role. */
   constructor(config: Config, role: Role, log?: Logger) {
     checkRole(config, role);
-    this.config = config;
+    // `all` without etcd: nobody outside this process can find its internal ports, and every
+    // call to them is its own, so they require a secret it makes up (never open, even on loopback).
+    const ownSecret = role === "all" && !config.internalSecret && config.etcdEndpoints.length === 0;
+    this.config = ownSecret ? Object.freeze({ ...config, internalSecret: randomBytes(32).toString("base64url") }) : config;
     this.role = role;
     this.log = log ?? createLogger(role, config.instanceId, config.logLevel);
     this.faults = new Faults(config.faults, this.log);
@@ -173,7 +176,7 @@ export class App {
       const tokenSecret = await this.#tokenSecret();
       this.logic = await this.#open(
         "logic",
-        new LogicService(c, { ...deps, ...data!, tokenSecret }),
+        new LogicService(c, { ...deps, ...data!, tokenSecret, connectionName: name }),
       );
     }
     if (r === "task" || r === "all") {

@@ -5,6 +5,9 @@ import { ConfigError, parseConfig, type Config, type RawEnv } from "./config/con
 
 // The only module that reads process.env / argv and calls process.exit.
 
+/** A repeat of the first signal within this long, under npm, is npm passing the same signal on. */
+const NPM_ECHO_MS = 1_000;
+
 const USAGE = `usage: resonance <command>
 
 commands:
@@ -69,6 +72,7 @@ async function runService(config: Config, role: Role): Promise<never> {
     fail((err as Error).message);
   }
   let signals = 0;
+  let first: { signal: NodeJS.Signals; at: number } | undefined;
   const stop = (reason: string, code: number) => {
     void app.shutdown(reason, code).then(
       (report) => process.exit(report.exitCode),
@@ -77,13 +81,30 @@ async function runService(config: Config, role: Role): Promise<never> {
   };
   // A reader that went away (a closed pipe) must not turn into a crash loop: logs are lost, service goes on.
   process.stdout.on("error", () => {});
+  // Started by npm or npx: npm passes SIGTERM and SIGINT on to its child, so a signal sent to the
+  // whole process group (Ctrl-C in a terminal, systemd's default KillMode) arrives here twice
+  // within milliseconds. That is one request to stop, not the second signal that forces an exit.
+  const viaNpm = Boolean(process.env.npm_lifecycle_event);
   const onSignal = (sig: NodeJS.Signals) => {
+    if (viaNpm && first?.signal === sig && Date.now() - first.at < NPM_ECHO_MS) return;
+    first ??= { signal: sig, at: Date.now() };
     if (++signals > 1) {
       app.log.warn({ signal: sig }, "second signal: exiting now");
       process.exit(130);
     }
     stop(`signal ${sig}`, 0);
   };
+  if (viaNpm) {
+    // npx (and an `npm start` whose npm was killed) leaves a shell or nothing between the signal
+    // and this process: when the process that started us goes away, stop as if it had passed on SIGTERM.
+    const parent = process.ppid;
+    setInterval(() => {
+      if (process.ppid !== parent && signals === 0) {
+        signals++;
+        stop("parent process exited", 0);
+      }
+    }, 500).unref();
+  }
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
   process.on("uncaughtException", (err) => {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { readFile } from "node:fs/promises";
-import { ConfigError, SETTING_NAMES, checkRole, parseConfig } from "./config.js";
+import { ConfigError, SETTING_NAMES, checkRole, isLoopbackHost, isWildcardHost, parseConfig } from "./config.js";
 
 describe("config", () => {
   it("config - the README's settings table names exactly the settings there are", async () => {
@@ -49,6 +49,21 @@ describe("config", () => {
     expect(() => checkRole(pg, "task")).not.toThrow();
     const secret = "s".repeat(32);
     expect(() => checkRole(parseConfig({ RESONANCE_HOST: "0.0.0.0" }), "gateway")).toThrow(/RESONANCE_INTERNAL_SECRET/);
+    // Every non-loopback listen address needs the secret, not only the literal wildcards.
+    for (const host of ["", "0", "::", "::0", "10.1.2.3", "192.168.0.7", "pod-1.internal"]) {
+      expect(() => checkRole(parseConfig({ RESONANCE_HOST: host }), "logic"), host).toThrow(/RESONANCE_INTERNAL_SECRET/);
+      expect(() => checkRole(parseConfig({ RESONANCE_HOST: host }), "gateway"), host).toThrow(/RESONANCE_INTERNAL_SECRET/);
+      expect(() => checkRole(parseConfig({ RESONANCE_HOST: host, RESONANCE_INTERNAL_SECRET: secret }), "logic"), host).not.toThrow();
+      // Task opens no internal port; `all` without etcd makes its own secret.
+      expect(() => checkRole(parseConfig({ RESONANCE_HOST: host }), "task"), host).not.toThrow();
+      expect(() => checkRole(parseConfig({ RESONANCE_HOST: host }), "all"), host).not.toThrow();
+      expect(() => checkRole(parseConfig({ RESONANCE_HOST: host, RESONANCE_ETCD_ENDPOINTS: "http://e:2379", RESONANCE_ADVERTISE_HOST: "10.0.0.5" }), "all"), host).toThrow(
+        /RESONANCE_INTERNAL_SECRET/,
+      );
+    }
+    for (const host of ["127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"]) {
+      expect(() => checkRole(parseConfig({ RESONANCE_HOST: host }), "logic"), host).not.toThrow();
+    }
     const wild = parseConfig({ RESONANCE_HOST: "0.0.0.0", RESONANCE_ETCD_ENDPOINTS: "http://127.0.0.1:2379", RESONANCE_INTERNAL_SECRET: secret });
     expect(() => checkRole(wild, "gateway")).toThrow(/RESONANCE_ADVERTISE_HOST/);
     const ok = parseConfig({
@@ -58,6 +73,19 @@ describe("config", () => {
       RESONANCE_INTERNAL_SECRET: secret,
     });
     expect(() => checkRole(ok, "gateway")).not.toThrow();
+  });
+
+  it("config - loopback and wildcard hosts are recognised in every spelling listen() accepts", () => {
+    for (const h of ["127.0.0.1", "127.1", "127.9.9.9", "::1", "[::1]", "0:0:0:0:0:0:0:1", "::ffff:127.0.0.1", "localhost", "LOCALHOST", "2130706433"]) {
+      expect(isLoopbackHost(h), h).toBe(true);
+    }
+    for (const h of ["", "0", "0.0.0.0", "::", "::0", "[::]", "10.0.0.1", "128.0.0.1", "::2", "example.com", "localhost.example.com"]) {
+      expect(isLoopbackHost(h), h).toBe(false);
+    }
+    for (const h of ["", "0", "0.0.0.0", "::", "::0", "[::]", "0:0:0:0:0:0:0:0"]) expect(isWildcardHost(h), h).toBe(true);
+    for (const h of ["127.0.0.1", "10.0.0.1", "::1", "localhost"]) expect(isWildcardHost(h), h).toBe(false);
+    // A wildcard is never advertised as such: others reach this host on loopback by default.
+    expect(parseConfig({ RESONANCE_HOST: "::0", RESONANCE_INTERNAL_SECRET: "s".repeat(32) }).listen.advertiseHost).toBe("127.0.0.1");
   });
 
   it("config - fault injection is parsed and off by default", () => {

@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import { BlockList, isIP } from "node:net";
 import { z } from "zod";
 
 /** A duration: plain milliseconds ("1500") or with a unit ("30s", "200ms", "5m"). */
@@ -154,6 +155,50 @@ function parseFaults(spec: string): Map<string, number | "hang"> {
   return faults;
 }
 
+const LOOPBACK = new BlockList();
+LOOPBACK.addSubnet("127.0.0.0", 8, "ipv4");
+LOOPBACK.addAddress("::1", "ipv6");
+
+/**
+ * A listen host as the socket layer reads it: numeric forms normalised the way `listen()` takes
+ * them ("0" → "0.0.0.0", "127.1" → "127.0.0.1", "::0" → "::"); names lowercased; "" stays "".
+ */
+function normalizeHost(host: string): string {
+  const h = host.trim().replace(/^\[(.*)\]$/, "$1").toLowerCase();
+  if (h === "") return "";
+  try {
+    const parsed = new URL(isIP(h) === 6 ? `http://[${h}]/` : `http://${h}/`).hostname;
+    return parsed.replace(/^\[(.*)\]$/, "$1");
+  } catch {
+    return h;
+  }
+}
+
+/** True when listening on `host` means every address of the machine ("", "0", "0.0.0.0", "::", "::0", ...). */
+export function isWildcardHost(host: string): boolean {
+  const h = normalizeHost(host);
+  return h === "" || h === "0.0.0.0" || h === "::";
+}
+
+/** True only for addresses nobody else can reach: 127.0.0.0/8, ::1 (IPv4-mapped too) and `localhost`. */
+export function isLoopbackHost(host: string): boolean {
+  const h = normalizeHost(host);
+  if (h === "localhost") return true;
+  const v = isIP(h);
+  return v !== 0 && LOOPBACK.check(h, v === 4 ? "ipv4" : "ipv6");
+}
+
+/**
+ * Whether the role's internal gRPC ports (logic, PushService) must require the shared secret
+ * from the configuration. `all` without etcd makes its own (see App): nobody outside the process
+ * can find its ports, and its own calls carry it.
+ */
+export function needsInternalSecret(config: Config, role: "gateway" | "logic" | "task" | "all"): boolean {
+  if (role === "task") return false; // no internal port of its own
+  if (role === "all" && config.etcdEndpoints.length === 0) return false;
+  return !isLoopbackHost(config.listen.host);
+}
+
 /**
  * Checks what only the role decides, before anything is opened. Throws ConfigError naming the
  * variable.
@@ -162,9 +207,11 @@ export function checkRole(config: Config, role: "gateway" | "logic" | "task" | "
   if ((role === "logic" || role === "all") && config.databaseUrl && !config.tokenSecret) {
     throw new ConfigError("RESONANCE_TOKEN_SECRET: required when RESONANCE_DATABASE_URL is set (every logic instance must share it)");
   }
-  const wildcard = config.listen.host === "0.0.0.0" || config.listen.host === "::";
-  if (wildcard && !config.internalSecret) {
-    throw new ConfigError("RESONANCE_INTERNAL_SECRET: required when RESONANCE_HOST is a wildcard (the internal gRPC ports are then reachable from outside)");
+  const wildcard = isWildcardHost(config.listen.host);
+  if (needsInternalSecret(config, role) && !config.internalSecret) {
+    throw new ConfigError(
+      `RESONANCE_INTERNAL_SECRET: required unless RESONANCE_HOST is a loopback address (it is "${config.listen.host}": the internal gRPC ports would be reachable from other machines)`,
+    );
   }
   if (config.etcdEndpoints.length > 0 && wildcard && config.listen.advertiseHost === "127.0.0.1" && role !== "task") {
     throw new ConfigError(
@@ -197,7 +244,7 @@ export function parseConfig(env: RawEnv): Config {
     listen: Object.freeze({
       host,
       httpHost: e.RESONANCE_HTTP_HOST ?? host,
-      advertiseHost: e.RESONANCE_ADVERTISE_HOST ?? (host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host),
+      advertiseHost: e.RESONANCE_ADVERTISE_HOST ?? (isWildcardHost(host) ? "127.0.0.1" : host),
       httpPort: e.RESONANCE_HTTP_PORT,
       pushPort: e.RESONANCE_PUSH_PORT,
       logicPort: e.RESONANCE_LOGIC_PORT,

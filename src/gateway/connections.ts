@@ -5,7 +5,7 @@ import { AckSchema, GoawaySchema, WsPacketSchema, type PushMessage, type WsPacke
 import { ChatService } from "../gen/resonance/logic/v1/logic_pb.js";
 import type { Logger } from "../observability/log.js";
 import { codeName } from "../rpc/code-names.js";
-import type { Metrics } from "../observability/metrics.js";
+import { closeCodeLabel, type Metrics } from "../observability/metrics.js";
 import type { LogicClient } from "./logic-client.js";
 import type { PresenceReporter } from "./presence.js";
 
@@ -87,6 +87,13 @@ export class ConnectionHub {
     for (const conn of this.#all) if (conn.token === token) this.#close(conn, CLOSE.policy, "token revoked");
   }
 
+  /** Closes (1008) every socket of a user whose tokens were all revoked; resolves how many. */
+  closeUser(username: string): number {
+    const conns = [...(this.#byUser.get(username) ?? [])];
+    for (const conn of conns) this.#close(conn, CLOSE.policy, "logged out everywhere");
+    return conns.length;
+  }
+
   /** True when the user has a connection here (and so is already a push target). */
   has(username: string): boolean {
     return this.#byUser.has(username);
@@ -130,7 +137,7 @@ export class ConnectionHub {
     clearTimeout(conn.expiryTimer);
     if (!this.#all.delete(conn)) return;
     this.#metrics.wsConnections.dec();
-    this.#metrics.wsClosed.inc({ code: String(code), reason: conn.closing ? "server" : "client" });
+    this.#metrics.wsClosed.inc({ code: closeCodeLabel(code), reason: conn.closing ? "server" : "client" });
     const set = this.#byUser.get(conn.username);
     set?.delete(conn);
     if (set && set.size === 0) {

@@ -1,13 +1,13 @@
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Duplex } from "node:stream";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
 import { WebSocketServer, type WebSocket } from "ws";
 import type { Logger } from "../observability/log.js";
 import type { Metrics } from "../observability/metrics.js";
 import type { ListenerState } from "../rpc/server.js";
 import { tokenOf, type Principal, type TokenValidator } from "./auth-cache.js";
+import { connectHandler } from "./connect-handler.js";
 import { StaticSite, WEB_BUILD_DIR } from "./static.js";
 
 const CORS = {
@@ -61,7 +61,12 @@ export class PublicServer {
 
   constructor(opts: PublicServerOptions) {
     this.#opts = opts;
-    const connect = connectNodeAdapter({ routes: opts.routes, interceptors: opts.interceptors, readMaxBytes: 1024 * 1024 });
+    const connect = connectHandler({
+      routes: opts.routes,
+      interceptors: opts.interceptors,
+      log: opts.log,
+      onBadInput: (kind) => opts.metrics.badInput.inc({ kind }),
+    });
     this.#wss = new WebSocketServer({ noServer: true, maxPayload: opts.maxFrameBytes, perMessageDeflate: false });
     this.#server = http.createServer((req, res) => {
       if (this.#state !== "running") {

@@ -79,7 +79,7 @@ export class GatewayService {
     );
     this.#hub = hub;
     const tokens = new TokenValidator(logic);
-    const api = publicRoutes(logic, tokens, (token) => hub.closeToken(token));
+    const api = publicRoutes(logic, tokens, (token) => hub.closeToken(token), (username) => hub.closeUser(username));
     this.#public = new PublicServer({
       host: c.listen.httpHost,
       port: c.listen.httpPort,
@@ -92,7 +92,15 @@ export class GatewayService {
       upgradeRefused: (p) => {
         if (!hub.has(p.username)) presence.offline(p.username);
       },
-      onSocket: (ws, p, ip) => hub.add(ws, p, ip),
+      onSocket: (ws, p, ip) => {
+        // Logged out while the upgrade was under way: the socket must not outlive its token.
+        if (tokens.revoked(p)) {
+          ws.close(1008, "token revoked");
+          if (!hub.has(p.username)) presence.offline(p.username);
+          return;
+        }
+        hub.add(ws, p, ip);
+      },
       authRate: { perSec: c.limits.authRatePerSec, burst: c.limits.authBurst },
       log,
       metrics: this.#d.metrics,
@@ -102,6 +110,7 @@ export class GatewayService {
       host: c.listen.host,
       secret: c.internalSecret,
       port: c.listen.pushPort,
+      onRefused: () => this.#d.metrics.internalRefused.inc(),
       log,
       routes: (router: ConnectRouter) =>
         router.service(PushService, {
@@ -117,6 +126,18 @@ export class GatewayService {
                 : { error: "message is required", failedUsernames: p.toUsernames },
             );
             return { results };
+          },
+          async revoke(req) {
+            let closed = 0;
+            for (const token of req.accessTokens) {
+              tokens.forget(token);
+              hub.closeToken(token);
+            }
+            for (const username of req.usernames) {
+              tokens.forgetUser(username);
+              closed += hub.closeUser(username);
+            }
+            return { closed };
           },
         }),
     });

@@ -2,7 +2,8 @@ import { Code, ConnectError, createContextKey, type Client, type ConnectRouter, 
 import { AuthService, SessionService } from "../gen/resonance/gateway/v1/gateway_pb.js";
 import * as logic from "../gen/resonance/logic/v1/logic_pb.js";
 import type { TokenValidator } from "./auth-cache.js";
-import { tokenOf } from "./auth-cache.js";
+import { bearerOf } from "./auth-cache.js";
+import { boundError } from "./connect-handler.js";
 import type { LogicClient } from "./logic-client.js";
 
 const userKey = createContextKey<string>("");
@@ -18,16 +19,26 @@ async function same<T extends { $typeName: string }>(p: Promise<T>): Promise<Omi
  * The public HTTP API (Connect protocol, JSON and binary): each method authenticates the
  * caller and forwards to logic with the caller's username, never a username from the request.
  */
-export function publicRoutes(l: LogicClient, tokens: TokenValidator, onLogout: (token: string) => void) {
+export function publicRoutes(
+  l: LogicClient,
+  tokens: TokenValidator,
+  onLogout: (token: string) => void,
+  onLogoutAll: (username: string) => void,
+) {
   const authenticate: Interceptor = (next) => async (req) => {
-    const open = req.service.typeName === AuthService.typeName && req.method.name !== "Logout";
+    const open = req.service.typeName === AuthService.typeName && req.method.name !== "Logout" && req.method.name !== "LogoutAll";
     if (!open) {
-      const principal = await tokens.validate(tokenOf(req.header, req.url));
-      if (!principal) throw new ConnectError("missing, invalid or expired token", Code.Unauthenticated);
+      const principal = await tokens.validate(bearerOf(req.header));
+      if (!principal) throw new ConnectError("missing, invalid or expired token (send Authorization: Bearer <token>)", Code.Unauthenticated);
       req.contextValues.set(userKey, principal.username);
       req.contextValues.set(tokenKey, principal.token);
     }
-    return next(req);
+    try {
+      return await next(req);
+    } catch (err) {
+      // Whatever failed, the client gets a short message (never its own input echoed back at length).
+      throw err instanceof ConnectError ? boundError(err) : err;
+    }
   };
 
   const auth = <T extends { $typeName: string }>(fn: (c: Client<typeof logic.AuthService>) => Promise<T>, idempotent = true) =>
@@ -39,12 +50,20 @@ export function publicRoutes(l: LogicClient, tokens: TokenValidator, onLogout: (
     router.service(AuthService, {
       login: (req) => auth((c) => c.login({ username: req.username, password: req.password })),
       register: (req) => auth((c) => c.register({ username: req.username, password: req.password, nickname: req.nickname }), false),
-      // The caller's own token (from the header or ?token=) is revoked; the body's field is unused.
+      // The caller's own token (from the Authorization header) is revoked; the body's field is unused.
       logout: async (_req, ctx) => {
         const token = ctx.values.get(tokenKey);
         const r = await auth((c) => c.logout({ accessToken: token }));
         tokens.forget(token);
         onLogout(token);
+        return r;
+      },
+      // Every token of the caller; logic also tells every other gateway (sockets closed 1008 everywhere).
+      logoutAll: async (_req, ctx) => {
+        const r = await auth((c) => c.logoutAll({ accessToken: ctx.values.get(tokenKey) }));
+        const username = ctx.values.get(userKey);
+        tokens.forgetUser(username);
+        onLogoutAll(username);
         return r;
       },
     });

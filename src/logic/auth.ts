@@ -1,6 +1,8 @@
 import { randomBytes, scrypt as scryptCb, timingSafeEqual } from "node:crypto";
 import { promisify } from "node:util";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { SignJWT, jwtVerify, errors as joseErrors } from "jose";
+import { isUsername } from "./validate.js";
 
 const scrypt = promisify(scryptCb) as (pw: string, salt: Buffer, len: number, opts: { N: number; r: number; p: number; maxmem: number }) => Promise<Buffer>;
 
@@ -29,6 +31,59 @@ export async function verifyPassword(password: string, stored: string): Promise<
   return timingSafeEqual(actual, expected);
 }
 
+/**
+ * Runs password hashing (scrypt: CPU and 16 MiB each, on libuv's small thread pool, which file
+ * and DNS work share) a few at a time, with a bounded queue. A call that finds the queue full is
+ * refused at once with `resource_exhausted` (retryable) instead of waiting behind an attack.
+ */
+export class KdfQueue {
+  readonly #concurrency: number;
+  readonly #maxQueued: number;
+  readonly #waiting: Array<() => void> = [];
+  #running = 0;
+
+  constructor(opts: { concurrency: number; maxQueued: number }) {
+    this.#concurrency = opts.concurrency;
+    this.#maxQueued = opts.maxQueued;
+  }
+
+  /** Calls waiting for their turn. */
+  get queued(): number {
+    return this.#waiting.length;
+  }
+
+  /** Runs `fn` when a slot is free; rejects with `resource_exhausted` when the queue is full. */
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.#running >= this.#concurrency) {
+      if (this.#waiting.length >= this.#maxQueued) {
+        throw new ConnectError("the server is busy checking passwords; try again shortly", Code.ResourceExhausted);
+      }
+      await new Promise<void>((resolve) => this.#waiting.push(resolve));
+    } else {
+      this.#running++;
+    }
+    try {
+      return await fn();
+    } finally {
+      // The slot passes straight to the next waiter (the count stays), or is freed.
+      const next = this.#waiting.shift();
+      if (next) next();
+      else this.#running--;
+    }
+  }
+}
+
+/** What a valid token says. */
+export interface Claims {
+  readonly username: string;
+  /** Token id (revocation of this one token). */
+  readonly jti: string;
+  /** Expiry, unix seconds. */
+  readonly expiresAt: number;
+  /** Issue time, ms since epoch (revocation of every token issued before a moment). */
+  readonly issuedAtMs: number;
+}
+
 /** Signs and checks access tokens (HS256 JWT: subject = username, with expiry). */
 export class Tokens {
   readonly #key: Uint8Array;
@@ -40,8 +95,10 @@ export class Tokens {
   }
 
   async issue(username: string): Promise<string> {
-    const now = Math.floor(Date.now() / 1000);
-    return new SignJWT({})
+    const nowMs = Date.now();
+    const now = Math.floor(nowMs / 1000);
+    // `iat` has whole seconds; "log out everywhere" needs to order a token and a logout finer.
+    return new SignJWT({ iat_ms: nowMs })
       .setProtectedHeader({ alg: "HS256" })
       .setJti(randomBytes(12).toString("base64url"))
       .setSubject(username)
@@ -51,13 +108,16 @@ export class Tokens {
       .sign(this.#key);
   }
 
-  /** Resolves with the username, token id and expiry, or undefined for a bad, forged or expired token; never rejects. */
-  async verify(token: string): Promise<{ username: string; jti: string; expiresAt: number } | undefined> {
+  /** Resolves with the token's claims, or undefined for a bad, forged or expired token; never rejects. */
+  async verify(token: string): Promise<Claims | undefined> {
     if (!token || token.length > 4096) return undefined;
     try {
       const { payload } = await jwtVerify(token, this.#key, { issuer: "resonance", algorithms: ["HS256"] });
       if (typeof payload.sub !== "string" || typeof payload.exp !== "number" || typeof payload.jti !== "string") return undefined;
-      return { username: payload.sub, jti: payload.jti, expiresAt: payload.exp };
+      // A subject that is no username (only a token signed with our key could carry one) is refused here, before any query.
+      if (!isUsername(payload.sub) || payload.jti.length > 64) return undefined;
+      const issuedAtMs = typeof payload.iat_ms === "number" ? payload.iat_ms : (payload.iat ?? 0) * 1000;
+      return { username: payload.sub, jti: payload.jti, expiresAt: payload.exp, issuedAtMs };
     } catch (err) {
       if (err instanceof joseErrors.JOSEError || err instanceof TypeError) return undefined;
       throw err;

@@ -2,14 +2,40 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import { UserSchema } from "../gen/resonance/common/v1/common_pb.js";
 import { AuthService, ChatService, PresenceService, SessionService } from "../gen/resonance/logic/v1/logic_pb.js";
+import type { LimitStore } from "../infra/limits/types.js";
 import type { Faults } from "../lifecycle/faults.js";
 import type { RouteTable } from "../infra/routes/types.js";
 import type { Metrics } from "../observability/metrics.js";
-import { Tokens, hashPassword, verifyPassword } from "./auth.js";
+import { Tokens, hashPassword, verifyPassword, type KdfQueue } from "./auth.js";
+import type { Revocation } from "./revoke.js";
 import { LogicStore, SESSION_GROUP, SESSION_SINGLE, singleChatId } from "./store.js";
+import {
+  MAX_PASSWORD_CHARS,
+  checkUsername as requireUsername,
+  checkName,
+  checkNotNegative,
+  checkPassword,
+  checkQuery,
+  checkSessionId,
+  clampLimit,
+  invalid,
+  isUsername,
+  listSome,
+} from "./validate.js";
 
-const USERNAME = /^[A-Za-z0-9_.-]{2,32}$/;
 const MAX_GROUP_MEMBERS = 500;
+/** Gateway instance ids (RESONANCE_INSTANCE_ID). */
+const GATEWAY_ID = /^[A-Za-z0-9_.-]{1,64}$/;
+
+/**
+ * Failed logins per account (any spelling of the name): 5 free, then a block of 1 s doubling
+ * with each further failure, at most 60 s; forgotten 15 minutes after the last failure. A
+ * blocked attempt costs no password check. (A guesser gets about one try a minute per account;
+ * the owner is never locked out for longer than that.)
+ */
+export const LOGIN_BACKOFF = { free: 5, baseMs: 1_000, maxMs: 60_000, forgetMs: 15 * 60_000 } as const;
+/** Groups a user may create: 20 at once, then one more every 3 minutes. */
+export const GROUP_CREATION = { perSec: 1 / 180, burst: 20 } as const;
 
 export interface HandlerDeps {
   readonly store: LogicStore;
@@ -18,6 +44,12 @@ export interface HandlerDeps {
   readonly faults: Faults;
   readonly metrics: Metrics;
   readonly maxContentChars: number;
+  /** Per-account and per-user limits, shared by every logic instance. */
+  readonly limits: LimitStore;
+  /** Where password hashing waits its turn (bounded: sheds with resource_exhausted). */
+  readonly kdf: KdfQueue;
+  /** Tells every gateway about revoked tokens; resolves when they answered or failed, never rejects. */
+  readonly revoked: (r: Revocation) => Promise<unknown>;
   /** Called after a message commit so the outbox relay publishes without waiting for its poll. */
   readonly onCommit: () => void;
 }
@@ -26,20 +58,7 @@ let dummy: Promise<string> | undefined;
 /** A hash of a random password, checked when the user does not exist so timing does not tell. */
 const dummyHash = () => (dummy ??= hashPassword(crypto.randomUUID()));
 
-function invalid(message: string): never {
-  throw new ConnectError(message, Code.InvalidArgument);
-}
-
-function requireUsername(name: string, field = "username"): string {
-  if (!USERNAME.test(name)) invalid(`${field}: 2-32 letters, digits, '_', '.' or '-'`);
-  return name;
-}
-
-function clampLimit(limit: bigint, dflt: number, max: number): number {
-  if (limit < 0n) invalid("limit must not be negative");
-  if (limit === 0n) return dflt;
-  return limit > BigInt(max) ? max : Number(limit);
-}
+const wrongLogin = () => new ConnectError("wrong username or password", Code.Unauthenticated);
 
 /** Registers the logic gRPC services (protocol.md) on a router. */
 export function logicRoutes(d: HandlerDeps) {
@@ -51,79 +70,126 @@ export function logicRoutes(d: HandlerDeps) {
       async register(req) {
         await d.faults.at("logic.Register");
         const username = requireUsername(req.username);
-        if (req.password.length < 6 || req.password.length > 256) invalid("password: 6-256 characters");
-        const nickname = (req.nickname || username).trim().slice(0, 64) || username;
-        const created = await d.store.createUser(username, nickname, await hashPassword(req.password));
+        checkPassword(req.password);
+        const nickname = checkName(req.nickname, "nickname") || username;
+        const hash = await d.kdf.run(() => hashPassword(req.password));
+        const created = await d.store.createUser(username, nickname, hash);
         if (!created) throw new ConnectError(`user ${username} already exists`, Code.AlreadyExists);
         return { accessToken: await d.tokens.issue(username), user: user({ username, nickname, avatar_url: "" }) };
       },
       async login(req) {
         await d.faults.at("logic.Login");
-        const row = USERNAME.test(req.username) ? await d.store.findUser(req.username) : undefined;
+        if (req.password.length > MAX_PASSWORD_CHARS) invalid(`password: at most ${MAX_PASSWORD_CHARS} characters`);
+        // No account has a name of another shape: nothing to check, nothing to count.
+        if (!isUsername(req.username)) throw wrongLogin();
+        const key = `login:${req.username.toLowerCase()}`;
+        const wait = await d.limits.blockedFor(key);
+        if (wait > 0) {
+          d.metrics.logins.inc({ outcome: "backoff" });
+          throw new ConnectError(`too many failed logins for this account; try again in ${Math.ceil(wait / 1000)} s`, Code.ResourceExhausted);
+        }
+        const row = await d.store.findLogin(req.username);
         // Same answer, and the same work (one KDF run), for an unknown user and a wrong password.
-        const ok = await verifyPassword(req.password, row?.password_hash ?? (await dummyHash()));
-        if (!row || !ok) throw new ConnectError("wrong username or password", Code.Unauthenticated);
+        const stored = row?.password_hash ?? (await d.kdf.run(dummyHash));
+        const ok = await d.kdf.run(() => verifyPassword(req.password, stored)).catch((err: unknown) => {
+          d.metrics.logins.inc({ outcome: "shed" });
+          throw err;
+        });
+        if (!row || !ok) {
+          d.metrics.logins.inc({ outcome: "wrong" });
+          await d.limits.fail(key, LOGIN_BACKOFF);
+          throw wrongLogin();
+        }
+        d.metrics.logins.inc({ outcome: "ok" });
+        await d.limits.clear(key);
         return { accessToken: await d.tokens.issue(row.username), user: user(row) };
       },
       async validateToken(req) {
         const claims = await d.tokens.verify(req.accessToken);
         if (!claims || (await d.store.isRevoked(claims.jti))) return { valid: false };
         const row = await d.store.findUser(claims.username);
-        if (!row) return { valid: false };
+        if (!row || claims.issuedAtMs < Number(row.tokens_valid_after)) return { valid: false };
         return { valid: true, username: row.username, user: user(row), expiresAt: BigInt(claims.expiresAt) };
       },
       async logout(req) {
         const claims = await d.tokens.verify(req.accessToken);
-        if (claims) await d.store.revokeToken(claims.jti, claims.expiresAt);
+        if (claims) {
+          await d.store.revokeToken(claims.jti, claims.expiresAt);
+          await d.revoked({ accessTokens: [req.accessToken] });
+        }
+        return { success: true };
+      },
+      async logoutAll(req) {
+        const claims = await d.tokens.verify(req.accessToken);
+        if (!claims) throw new ConnectError("missing, invalid or expired token", Code.Unauthenticated);
+        await d.store.revokeAllTokens(claims.username, Date.now());
+        await d.revoked({ usernames: [claims.username] });
         return { success: true };
       },
     });
 
     router.service(SessionService, {
       async getSessionList(req) {
-        return { sessions: await d.store.sessionList(req.username) };
+        return { sessions: await d.store.sessionList(requireUsername(req.username)) };
       },
       async createSession(req) {
-        const creator = req.creatorUsername;
-        const others = [...new Set(req.members.map((m) => requireUsername(m, "members")))].filter((m) => m !== creator);
-        const existing = await d.store.existingUsers(others);
-        const missing = others.filter((m) => !existing.has(m));
-        if (missing.length > 0) throw new ConnectError(`unknown users: ${missing.join(", ")}`, Code.NotFound);
+        const creator = requireUsername(req.creatorUsername, "creator_username");
+        // Everything that needs no database is checked first, the member count before anything else.
+        if (req.type !== SESSION_SINGLE && req.type !== SESSION_GROUP) invalid("type must be 1 (single) or 2 (group)");
+        if (req.members.length > MAX_GROUP_MEMBERS) invalid(`members: at most ${MAX_GROUP_MEMBERS}`);
+        const me = creator.toLowerCase();
+        const named = [...new Map(req.members.map((m) => [requireUsername(m, "members").toLowerCase(), m])).values()];
+        const others = named.filter((m) => m.toLowerCase() !== me);
+        if (req.type === SESSION_SINGLE && others.length !== 1) invalid("a single chat has exactly one other member");
+        if (others.length + 1 > MAX_GROUP_MEMBERS) invalid(`a group has at most ${MAX_GROUP_MEMBERS} members`);
+        const name = req.type === SESSION_GROUP ? checkName(req.name, "name") : "";
+        if (req.type === SESSION_GROUP) {
+          const t = await d.limits.take(`group:${me}`, GROUP_CREATION);
+          if (!t.allowed) {
+            throw new ConnectError(`too many groups created; try again in ${Math.ceil(t.retryAfterMs / 1000)} s`, Code.ResourceExhausted);
+          }
+        }
+        const found = await d.store.resolveUsers(others);
+        const missing = others.filter((m) => !found.has(m));
+        if (missing.length > 0) throw new ConnectError(`unknown users: ${listSome(missing)}`, Code.NotFound);
+        const members = others.map((m) => found.get(m)!);
         if (req.type === SESSION_SINGLE) {
-          if (others.length !== 1) invalid("a single chat has exactly one other member");
-          const id = singleChatId(creator, others[0]!);
-          const r = await d.store.createSession(id, "", SESSION_SINGLE, creator, others, `${creator} started a chat`);
+          const id = singleChatId(creator, members[0]!);
+          const r = await d.store.createSession(id, "", SESSION_SINGLE, creator, members, `${creator} started a chat`);
           if (r.created) d.onCommit();
           return { sessionId: r.sessionId };
         }
-        if (req.type !== SESSION_GROUP) invalid("type must be 1 (single) or 2 (group)");
-        if (others.length + 1 > MAX_GROUP_MEMBERS) invalid(`a group has at most ${MAX_GROUP_MEMBERS} members`);
-        const name = req.name.trim().slice(0, 64) || [creator, ...others].join(", ").slice(0, 64);
-        const r = await d.store.createSession(undefined, name, SESSION_GROUP, creator, others, `${creator} created the group "${name}"`);
+        const groupName = name || [creator, ...members].join(", ").slice(0, 64);
+        const r = await d.store.createSession(undefined, groupName, SESSION_GROUP, creator, members, `${creator} created the group "${groupName}"`);
         d.onCommit();
         return { sessionId: r.sessionId };
       },
       async getHistoryMessages(req) {
-        await d.store.requireMember(req.sessionId, req.username);
-        if (req.beforeSeq < 0n) invalid("before_seq must not be negative");
-        return { messages: await d.store.history(req.sessionId, req.beforeSeq, clampLimit(req.limit, 20, 100)) };
+        const username = requireUsername(req.username);
+        const sessionId = checkSessionId(req.sessionId);
+        const before = checkNotNegative(req.beforeSeq, "before_seq");
+        const limit = clampLimit(req.limit, 20, 100);
+        await d.store.requireMember(sessionId, username);
+        return { messages: await d.store.history(sessionId, before, limit) };
       },
       async getContactList(req) {
-        return { contacts: await d.store.contacts(req.username) };
+        return { contacts: await d.store.contacts(requireUsername(req.username)) };
       },
       async searchUser(req) {
-        const q = req.query.trim();
+        const q = checkQuery(req.query);
         if (q.length === 0) return { users: [] };
-        if (q.length > 64) invalid("query: at most 64 characters");
         return { users: await d.store.searchUsers(q, 50) };
       },
       async updateReadPosition(req) {
-        if (req.seqId < 0n) invalid("seq_id must not be negative");
-        return { unreadCount: await d.store.updateReadPosition(req.sessionId, req.username, req.seqId) };
+        const username = requireUsername(req.username);
+        const sessionId = checkSessionId(req.sessionId);
+        const seq = checkNotNegative(req.seqId, "seq_id");
+        return { unreadCount: await d.store.updateReadPosition(sessionId, username, seq) };
       },
       async pullInboxDelta(req) {
-        if (req.cursorId < 0n) invalid("cursor_id must not be negative");
-        const r = await d.store.inboxDelta(req.username, req.cursorId, clampLimit(req.limit, 100, 500));
+        const username = requireUsername(req.username);
+        const cursor = checkNotNegative(req.cursorId, "cursor_id");
+        const r = await d.store.inboxDelta(username, cursor, clampLimit(req.limit, 100, 500));
         return { events: r.events, nextCursorId: r.next, hasMore: r.hasMore };
       },
     });
@@ -168,9 +234,9 @@ export function logicRoutes(d: HandlerDeps) {
 
     router.service(PresenceService, {
       async syncStatus(req) {
-        if (!req.gatewayId) invalid("gateway_id is required");
-        const online = req.onlineBatch.map((u) => u.username);
-        const offline = req.offlineBatch.map((u) => u.username);
+        if (!GATEWAY_ID.test(req.gatewayId)) invalid("gateway_id: 1-64 letters, digits, '_', '.' or '-'");
+        const online = req.onlineBatch.map((u) => requireUsername(u.username, "online_batch.username"));
+        const offline = req.offlineBatch.map((u) => requireUsername(u.username, "offline_batch.username"));
         if (offline.length > 0) await d.routes.offline(req.gatewayId, offline);
         if (online.length > 0) await d.routes.online(req.gatewayId, online);
         return { seqId: req.seqId };

@@ -1,4 +1,6 @@
 import type { Config } from "../config/config.js";
+import { createLimitStore } from "../infra/limits/index.js";
+import type { LimitStore } from "../infra/limits/types.js";
 import type { Queue } from "../infra/queue/types.js";
 import type { Registration, Registry } from "../infra/registry/types.js";
 import type { RouteTable } from "../infra/routes/types.js";
@@ -7,9 +9,10 @@ import type { Faults } from "../lifecycle/faults.js";
 import type { Logger } from "../observability/log.js";
 import type { Metrics } from "../observability/metrics.js";
 import { RpcServer } from "../rpc/server.js";
-import { Tokens } from "./auth.js";
+import { KdfQueue, Tokens } from "./auth.js";
 import { logicRoutes } from "./handlers.js";
 import { OutboxRelay } from "./relay.js";
+import { RevocationNotifier } from "./revoke.js";
 import { LogicStore } from "./store.js";
 
 export interface LogicDeps {
@@ -21,7 +24,14 @@ export interface LogicDeps {
   readonly registry: Registry;
   readonly faults: Faults;
   readonly tokenSecret: string;
+  /** Name of this instance's connections (Redis `CLIENT SETNAME`); default `resonance-logic-<instance>`. */
+  readonly connectionName?: string;
 }
+
+/** Password hashes computed at once; each takes ~50 ms of one core and 16 MiB. */
+const KDF_CONCURRENCY = 2;
+/** Logins and registrations waiting for a hash slot; beyond this they are shed (resource_exhausted). */
+const KDF_QUEUE = 128;
 
 /**
  * The logic service: auth, sessions, messages (one transaction per message), presence, and the
@@ -33,18 +43,29 @@ export class LogicService {
   readonly #store: LogicStore;
   readonly #relay: OutboxRelay;
   readonly #rpc: RpcServer;
+  readonly #limits: LimitStore;
+  readonly #revocations: RevocationNotifier;
   #registration: Registration | undefined;
 
   constructor(config: Config, deps: LogicDeps) {
     this.#config = config;
     this.#d = deps;
     this.#store = new LogicStore(deps.storage);
+    const ns = config.namespace;
+    this.#limits = createLimitStore({
+      redisUrl: config.redisUrl,
+      name: deps.connectionName ?? `resonance-logic-${config.instanceId}`,
+      log: deps.log.child({ part: "limits" }),
+      ...(ns ? { prefix: `${ns}:resonance:limit:` } : {}),
+    });
+    this.#revocations = new RevocationNotifier(deps.registry, config.internalSecret, deps.log.child({ part: "revoke" }));
     this.#relay = new OutboxRelay(this.#store, deps.queue.publisher, { ...config.relay, owner: config.instanceId }, deps.log.child({ part: "relay" }), deps.metrics);
     this.#rpc = new RpcServer({
       name: "logic gRPC",
       host: config.listen.host,
       secret: config.internalSecret,
       port: config.listen.logicPort,
+      onRefused: () => deps.metrics.internalRefused.inc(),
       log: deps.log,
       routes: logicRoutes({
         store: this.#store,
@@ -53,6 +74,9 @@ export class LogicService {
         faults: deps.faults,
         metrics: deps.metrics,
         maxContentChars: config.limits.maxContentChars,
+        limits: this.#limits,
+        kdf: new KdfQueue({ concurrency: KDF_CONCURRENCY, maxQueued: KDF_QUEUE }),
+        revoked: (r) => this.#revocations.notify(r),
         onCommit: () => this.#relay.poke(),
       }),
     });
@@ -65,6 +89,8 @@ export class LogicService {
 
   /** Listens, starts the relay, registers in the registry. */
   async start(): Promise<void> {
+    await this.#limits.start();
+    await this.#revocations.start();
     await this.#rpc.start();
     await this.#relay.start();
     this.#registration = await this.#d.registry.register({
@@ -102,5 +128,7 @@ export class LogicService {
     await this.#rpc.stop(0);
     await this.#relay.stop();
     await this.#registration?.deregister();
+    await this.#revocations.close();
+    await this.#limits.close();
   }
 }

@@ -85,4 +85,24 @@ export const migrations: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 3,
+    name: "accounts: usernames unique regardless of case; log out everywhere",
+    sql: `
+      -- Accounts that already differ only in case are all kept (renaming one would break its
+      -- sessions, history and single-chat ids): the oldest of each such group is the owner of the
+      -- name; the others are marked and go on logging in with their exact spelling. No new
+      -- account can take any spelling of a name that exists.
+      alter table users add column case_duplicate boolean not null default false;
+      update users u set case_duplicate = true
+       where exists (select 1 from users o
+                      where lower(o.username) = lower(u.username)
+                        and (o.created_at, o.username) < (u.created_at, u.username));
+      create unique index users_username_ci on users (lower(username)) where not case_duplicate;
+      create index users_username_lower on users (lower(username));
+
+      -- Tokens issued before this moment (ms since epoch) are refused: "log out everywhere".
+      alter table users add column tokens_valid_after bigint not null default 0;
+    `,
+  },
 ];

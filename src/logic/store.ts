@@ -34,7 +34,11 @@ export interface UserRow {
   nickname: string;
   avatar_url: string;
   password_hash: string;
+  /** Tokens issued before this (ms since epoch, int8 as a string) are refused. */
+  tokens_valid_after: string;
 }
+
+const USER_COLUMNS = "username, nickname, avatar_url, password_hash, tokens_valid_after";
 
 export interface NewMessage {
   sessionId: string;
@@ -103,15 +107,35 @@ export class LogicStore {
     this.#db = db;
   }
 
+  /** The user with exactly this name (as stored: token subjects, session members). */
   async findUser(username: string): Promise<UserRow | undefined> {
+    const { rows } = await this.#db.query<UserRow>(`select ${USER_COLUMNS} from users where username = $1`, [username]);
+    return rows[0];
+  }
+
+  /**
+   * The account a login name means, whatever its case: the exact spelling first (accounts that
+   * differed only in case before usernames became case-insensitive keep theirs), else the owner
+   * of the name.
+   */
+  async findLogin(name: string): Promise<UserRow | undefined> {
     const { rows } = await this.#db.query<UserRow>(
-      "select username, nickname, avatar_url, password_hash from users where username = $1",
-      [username],
+      `select ${USER_COLUMNS} from users where lower(username) = lower($1)
+        order by (username = $1) desc, case_duplicate, created_at limit 1`,
+      [name],
     );
     return rows[0];
   }
 
-  /** Creates the user and joins them to the public room; false if the name is taken. */
+  /** Refuses every token of the user issued before `atMs` (never moves back). */
+  async revokeAllTokens(username: string, atMs: number): Promise<void> {
+    await this.#db.query("update users set tokens_valid_after = greatest(tokens_valid_after, $2::bigint) where username = $1", [username, atMs]);
+  }
+
+  /**
+   * Creates the user and joins them to the public room; false if the name is taken in any
+   * spelling (the unique index on lower(username)).
+   */
   async createUser(username: string, nickname: string, passwordHash: string): Promise<boolean> {
     return this.#db.transaction(async (tx) => {
       const { rowCount } = await tx.query(
@@ -141,6 +165,24 @@ export class LogicStore {
   async existingUsers(usernames: readonly string[]): Promise<Set<string>> {
     const { rows } = await this.#db.query<{ username: string }>("select username from users where username = any($1)", [usernames]);
     return new Set(rows.map((r) => r.username));
+  }
+
+  /**
+   * The stored name of each given name, matched regardless of case (as Login does): a map from
+   * each given name that exists to the account's own spelling.
+   */
+  async resolveUsers(names: readonly string[]): Promise<Map<string, string>> {
+    const { rows } = await this.#db.query<{ username: string; case_duplicate: boolean }>(
+      "select username, case_duplicate from users where lower(username) = any($1::text[])",
+      [[...new Set(names.map((n) => n.toLowerCase()))]],
+    );
+    const out = new Map<string, string>();
+    for (const name of names) {
+      const matches = rows.filter((r) => r.username.toLowerCase() === name.toLowerCase());
+      const pick = matches.find((r) => r.username === name) ?? matches.find((r) => !r.case_duplicate) ?? matches[0];
+      if (pick) out.set(name, pick.username);
+    }
+    return out;
   }
 
   async isMember(sessionId: string, username: string): Promise<boolean> {

@@ -32,6 +32,17 @@ export class Metrics {
     registers: [this.registry],
   });
   readonly pushes = new Counter({ name: "resonance_pushes_total", help: "Push RPCs from task to gateways, by outcome", labelNames: ["outcome"], registers: [this.registry] });
+  readonly internalRefused = new Counter({
+    name: "resonance_internal_calls_refused_total",
+    help: "Internal gRPC calls refused for a missing or wrong shared secret",
+    registers: [this.registry],
+  });
+  readonly logins = new Counter({
+    name: "resonance_logins_total",
+    help: "Login attempts by outcome (ok, wrong, backoff, shed)",
+    labelNames: ["outcome"],
+    registers: [this.registry],
+  });
 
   constructor() {
     collectDefaultMetrics({ register: this.registry });
@@ -52,4 +63,15 @@ export class Metrics {
       },
     });
   }
+}
+
+/** WebSocket close codes that keep their own label value; any other code is counted as "other". */
+const KNOWN_CLOSE_CODES = new Set([1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 4429]);
+
+/**
+ * The `code` label of a WebSocket close: the standard codes and ours by number, anything a client
+ * made up as "other", so a client cannot create label values (and time series) at will.
+ */
+export function closeCodeLabel(code: number): string {
+  return KNOWN_CLOSE_CODES.has(code) ? String(code) : "other";
 }

@@ -1,4 +1,4 @@
-import { timingSafeEqual } from "node:crypto";
+import { createHash, timingSafeEqual } from "node:crypto";
 import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
@@ -15,15 +15,46 @@ export interface RpcServerOptions {
   readonly log: Logger;
   /** When set, calls must carry it (see {@link INTERNAL_SECRET_HEADER}); others get UNAUTHENTICATED. */
   readonly secret?: string | undefined;
+  /** Called for every call refused for a missing or wrong secret (a metric). */
+  readonly onRefused?: () => void;
 }
 
 /** The header internal calls carry the shared secret in. */
 export const INTERNAL_SECRET_HEADER = "x-resonance-internal";
 
-function sameSecret(given: string | null, expected: string): boolean {
-  const a = Buffer.from(given ?? "");
-  const b = Buffer.from(expected);
-  return a.length === b.length && timingSafeEqual(a, b);
+const digest = (s: string): Buffer => createHash("sha256").update(s).digest();
+
+/**
+ * Compares a presented secret with the expected one's digest in constant time: both sides are
+ * hashed to 32 bytes first, so neither the content nor the length of the secret leaks.
+ */
+function sameSecret(given: string | null, expected: Buffer): boolean {
+  return timingSafeEqual(digest(given ?? ""), expected);
+}
+
+/** Longest error message an internal caller gets: a gRPC status travels in an HTTP/2 header. */
+const MAX_ERROR_CHARS = 512;
+/** At most one log line per this long about calls refused for a wrong secret. */
+const AUTH_LOG_EVERY_MS = 10_000;
+
+/**
+ * What a handler's non-Connect error means for the caller. PostgreSQL data exceptions (class 22:
+ * a NUL byte, a value out of range) are bad input that slipped past validation: the caller gets
+ * `invalid_argument`, never the value. A statement cancelled by `statement_timeout` (57014) is
+ * `deadline_exceeded` (nothing was committed). Anything else is `internal`.
+ */
+function classify(err: unknown): ConnectError | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code !== "string") return undefined;
+  if (code.startsWith("22")) return new ConnectError("invalid input: a value the database cannot store", Code.InvalidArgument);
+  if (code === "57014") return new ConnectError("the database took too long; try again", Code.DeadlineExceeded);
+  return undefined;
+}
+
+/** The error with its message cut to {@link MAX_ERROR_CHARS} (a long one would break the HTTP/2 channel). */
+function bounded(err: ConnectError): ConnectError {
+  if (err.rawMessage.length <= MAX_ERROR_CHARS) return err;
+  return new ConnectError(`${err.rawMessage.slice(0, MAX_ERROR_CHARS)}…`, err.code);
 }
 
 /**
@@ -40,6 +71,8 @@ export class RpcServer {
   #idle: (() => void) | undefined;
   #stopping: Promise<{ completed: number; aborted: number }> | undefined;
   #completed = 0;
+  #refused = 0;
+  #refusedLoggedAt = 0;
 
   constructor(opts: RpcServerOptions) {
     this.#opts = opts;
@@ -55,19 +88,25 @@ export class RpcServer {
 
   async start(): Promise<void> {
     if (this.#state !== "idle") return;
+    const expected = this.#opts.secret === undefined ? undefined : digest(this.#opts.secret);
     const guard: Interceptor = (next) => async (req) => {
       if (this.#state !== "running") {
         throw new ConnectError(`${this.#opts.name} is shutting down`, Code.Unavailable);
       }
-      const secret = this.#opts.secret;
-      if (secret !== undefined && !sameSecret(req.header.get(INTERNAL_SECRET_HEADER), secret)) {
+      if (expected !== undefined && !sameSecret(req.header.get(INTERNAL_SECRET_HEADER), expected)) {
+        this.#refusedCall(req.method.name, req.header.get(INTERNAL_SECRET_HEADER) === null);
         throw new ConnectError("internal call without the shared secret", Code.Unauthenticated);
       }
       this.#inFlight++;
       try {
         return await next(req);
       } catch (err) {
-        if (err instanceof ConnectError) throw err;
+        if (err instanceof ConnectError) throw bounded(err);
+        const known = classify(err);
+        if (known) {
+          this.#opts.log.warn({ err, method: req.method.name }, "bad input reached the database");
+          throw known;
+        }
         // Database or programming errors: logged here, never shown to callers.
         this.#opts.log.error({ err, method: req.method.name }, "internal error");
         throw new ConnectError("internal error", Code.Internal);
@@ -93,6 +132,24 @@ export class RpcServer {
     this.#server = server;
     this.#state = "running";
     this.#opts.log.info({ port: this.port }, `${this.#opts.name} listening`);
+  }
+
+  /**
+   * A call with a missing or wrong secret: a misconfigured peer (its RESONANCE_INTERNAL_SECRET
+   * differs) or a stranger. Said loudly at error level, at most once per {@link AUTH_LOG_EVERY_MS}
+   * with the count since the last line, so a flood cannot fill the log.
+   */
+  #refusedCall(method: string, missing: boolean): void {
+    this.#refused++;
+    this.#opts.onRefused?.();
+    const now = Date.now();
+    if (now - this.#refusedLoggedAt < AUTH_LOG_EVERY_MS) return;
+    this.#refusedLoggedAt = now;
+    this.#opts.log.error(
+      { method, refused: this.#refused, secret: missing ? "missing" : "wrong" },
+      `${this.#opts.name}: refused internal calls without the shared secret (is RESONANCE_INTERNAL_SECRET the same on every instance?)`,
+    );
+    this.#refused = 0;
   }
 
   /** Refuse new calls from now on (UNAVAILABLE); in-flight calls go on. */

@@ -19,6 +19,8 @@ export interface StorageOptions {
   readonly log: Logger;
   /** PostgreSQL pool size (default 10). */
   readonly poolSize?: number | undefined;
+  /** PostgreSQL `statement_timeout` in ms (default 10 s, 0 = none). PGlite has no timer to enforce one. */
+  readonly statementTimeoutMs?: number | undefined;
 }
 
 /**
@@ -33,6 +35,7 @@ export function createStorage(opts: StorageOptions): Storage {
       applicationName: opts.applicationName,
       log: opts.log,
       ...(opts.poolSize !== undefined ? { poolSize: opts.poolSize } : {}),
+      ...(opts.statementTimeoutMs !== undefined ? { statementTimeoutMs: opts.statementTimeoutMs } : {}),
     });
   }
   return new PgliteStorage({ dir: join(opts.dataDir, "pglite"), log: opts.log });

@@ -64,6 +64,8 @@ export async function migrate(storage: Storage, migrations: readonly Migration[]
       if (done.has(m.version)) return false;
       const started = Date.now();
       try {
+        // A schema change on a big table may run long: the pool's statement_timeout is for queries.
+        await tx.query("set local statement_timeout = 0");
         await tx.query(m.sql);
       } catch (err) {
         throw new Error(`migrate: migration ${m.version} (${m.name}) failed: ${(err as Error).message}`, { cause: err });

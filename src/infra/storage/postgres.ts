@@ -12,7 +12,22 @@ export interface PostgresStorageOptions {
   readonly poolSize?: number;
   /** How long acquiring a new connection may take before it fails (default 10 s). */
   readonly connectTimeoutMs?: number;
+  /**
+   * Longest a statement may run (lock waits included) before PostgreSQL cancels it (SQLSTATE
+   * 57014; nothing of it is committed). Default {@link DEFAULT_STATEMENT_TIMEOUT_MS}; 0 = none.
+   * Migrations lift it for their own transaction.
+   */
+  readonly statementTimeoutMs?: number;
 }
+
+/**
+ * A statement still running after this long is a runaway (a lock held by a stuck client, a plan
+ * gone wrong): cancelling it frees its connection for everyone else. Every caller waits at most
+ * 10 s for an answer anyway.
+ */
+export const DEFAULT_STATEMENT_TIMEOUT_MS = 10_000;
+/** A transaction left open and idle this long (a bug) is ended by the server, releasing its locks. */
+const IDLE_IN_TRANSACTION_TIMEOUT_MS = 30_000;
 
 type QueryResult<R> = { rows: R[]; rowCount: number };
 
@@ -71,6 +86,8 @@ export class PostgresStorage implements Storage {
       max: this.#opts.poolSize ?? 10,
       connectionTimeoutMillis: this.#opts.connectTimeoutMs ?? 10_000,
       idleTimeoutMillis: 30_000,
+      statement_timeout: this.#opts.statementTimeoutMs ?? DEFAULT_STATEMENT_TIMEOUT_MS,
+      idle_in_transaction_session_timeout: IDLE_IN_TRANSACTION_TIMEOUT_MS,
     });
     // An idle client that loses its server emits here; without a listener the process would crash.
     pool.on("error", (err) => this.#log.warn({ err }, "idle PostgreSQL connection failed"));
