@@ -20,6 +20,8 @@ export interface PairPlan {
   readonly senderWs: string;
   readonly receiverWs: string;
   readonly sessionId: string;
+  /** The receiver's username, when known (used to look lost messages up in its inbox). */
+  readonly receiver?: string;
 }
 
 export interface ClientPlan {
@@ -75,8 +77,8 @@ export interface ClientResult {
   };
   /** Close codes of the client's sockets that closed during the run. */
   readonly closes: Record<string, number>;
-  /** Up to 1000 of the lost messages: message number, msg_id from the ack, pair index. */
-  readonly lostSample: ReadonlyArray<{ readonly n: number; readonly msgId: number; readonly pair: number }>;
+  /** The lost messages (up to 200,000): msg_id from the ack and pair index, side by side. */
+  readonly lostMessages: { readonly msgIds: readonly number[]; readonly pairs: readonly number[] };
   readonly primeMs: number;
 }
 
@@ -382,12 +384,15 @@ class LoadRun {
     const seconds = Math.max(1e-9, (this.#measureEndedAt - this.#measureStartedAt) / 1000);
     let unacked = 0;
     let withoutOk = 0;
-    const lostSample: Array<{ n: number; msgId: number; pair: number }> = [];
+    const lostMessages = { msgIds: [] as number[], pairs: [] as number[] };
     for (let n = this.#firstRun; n < l.next; n++) {
       const f = l.flags[n]!;
       if (!(f & (ACKED_OK | ACK_ERROR))) unacked++;
       if (f & DELIVERED && !(f & ACKED_OK)) withoutOk++;
-      if (f & ACKED_OK && !(f & DELIVERED) && lostSample.length < 1000) lostSample.push({ n, msgId: l.msgId[n]!, pair: l.pairOf[n]! });
+      if (f & ACKED_OK && !(f & DELIVERED) && lostMessages.msgIds.length < 200_000) {
+        lostMessages.msgIds.push(l.msgId[n]!);
+        lostMessages.pairs.push(l.pairOf[n]!);
+      }
     }
     return {
       measuredSeconds: Math.round(seconds * 1000) / 1000,
@@ -412,7 +417,7 @@ class LoadRun {
         deliveredWithoutOkAck: withoutOk,
       },
       closes: this.#closes,
-      lostSample,
+      lostMessages,
       primeMs: 0,
     };
   }

@@ -10,7 +10,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ConnectError } from "@connectrpc/connect";
 import pg from "pg";
+import { pino } from "pino";
 import { createApi, wsUrlOf } from "../src/client/api.js";
+import { createStorage, type Storage } from "../src/infra/storage/index.js";
 import { codeName } from "../src/rpc/code-names.js";
 import { TestCluster } from "../test/support/cluster.js";
 import type { ServiceProcess } from "../test/support/processes.js";
@@ -48,7 +50,15 @@ export interface Deployment {
   readonly cpuGroups: readonly CpuGroup[];
   /** How the PostgreSQL backends are found, for the report (undefined without PostgreSQL). */
   readonly pgNote: string | undefined;
-  /** SIGTERM the services (if still running), then remove everything the run created. Never rejects. */
+  /** SIGTERM the services still running and wait for their exits (at most 60 s). Never rejects. */
+  stopServices(): Promise<void>;
+  /**
+   * After stopServices(): how many of the (receiver, msg_id) pairs have their row in the
+   * receiver's inbox, looked up in the deployment's database (PGlite opened from its directory).
+   * Undefined for --urls.
+   */
+  inboxCheck?(entries: ReadonlyArray<{ readonly owner: string; readonly msgId: number }>): Promise<number>;
+  /** stopServices(), then remove everything the run created. Never rejects. */
   stop(): Promise<void>;
 }
 
@@ -101,7 +111,8 @@ async function stopServices(services: readonly ServiceProcess[]): Promise<void> 
 /** Starts the deployment named by the options (or wraps --urls). Rejects, after cleaning up, when it cannot start. */
 export async function startDeployment(o: BenchOptions): Promise<Deployment> {
   if (o.urls) {
-    return { description: `running deployment at ${o.urls.join(", ")}`, urls: o.urls, services: [], cpuGroups: [], pgNote: undefined, stop: async () => {} };
+    const none = async (): Promise<void> => {};
+    return { description: `running deployment at ${o.urls.join(", ")}`, urls: o.urls, services: [], cpuGroups: [], pgNote: undefined, stopServices: none, stop: none };
   }
   const cleanups: Array<() => Promise<void>> = [];
   const cleanup = async (): Promise<void> => {
@@ -110,6 +121,7 @@ export async function startDeployment(o: BenchOptions): Promise<Deployment> {
   try {
     let cluster: TestCluster;
     let dbName: string | undefined;
+    let databaseUrl: string | undefined;
     let servers: OwnServers | undefined;
     let description: string;
     if (o.deploy === "standalone") {
@@ -120,7 +132,7 @@ export async function startDeployment(o: BenchOptions): Promise<Deployment> {
       const name = dbName;
       await adminQuery(`create database ${name}`);
       cleanups.push(() => adminQuery(`drop database if exists ${name} with (force)`));
-      const databaseUrl = `${TEST_DATABASE_URL.replace(/\/[^/]*$/, "")}/${name}`;
+      databaseUrl = `${TEST_DATABASE_URL.replace(/\/[^/]*$/, "")}/${name}`;
       cluster = await TestCluster.start({
         mode: "standalone",
         env: { ...BENCH_ENV, RESONANCE_DATABASE_URL: databaseUrl, RESONANCE_TOKEN_SECRET: randomBytes(24).toString("hex") },
@@ -135,7 +147,8 @@ export async function startDeployment(o: BenchOptions): Promise<Deployment> {
         Object.assign(env, { RESONANCE_NATS_URL: s.natsUrl, RESONANCE_REDIS_URL: s.redisUrl, RESONANCE_ETCD_ENDPOINTS: s.etcdEndpoints });
       }
       cluster = await TestCluster.start({ mode: "cluster", gateways: o.gateways, logics: o.logics, tasks: o.tasks, env });
-      dbName = new URL(cluster.databaseUrl!).pathname.slice(1);
+      databaseUrl = cluster.databaseUrl!;
+      dbName = new URL(databaseUrl).pathname.slice(1);
       description =
         `cluster: ${o.gateways} gateway(s), ${o.logics} logic, ${o.tasks} task on PostgreSQL, ` +
         `${o.servers === "own" ? "private" : "the machine's shared"} nats-server/redis-server/etcd`;
@@ -145,6 +158,8 @@ export async function startDeployment(o: BenchOptions): Promise<Deployment> {
       await stopServices(c.all);
       await c.destroy();
     });
+    const storage = (): Storage =>
+      createStorage({ databaseUrl, dataDir: c.dataDir ?? "", applicationName: "resonance-bench-check", log: pino({ level: "silent" }) });
     const groups: CpuGroup[] = c.all.map((p) => ({ name: serviceName(p), kind: "service", pids: async () => (p.proc.pid ? [p.proc.pid] : []) }));
     if (dbName) {
       const backends = await PgBackends.open();
@@ -157,10 +172,38 @@ export async function startDeployment(o: BenchOptions): Promise<Deployment> {
       if (servers) for (const s of servers.processes) groups.push({ name: s.name, kind: "server", pids: async () => [s.pid] });
       else for (const name of ["nats-server", "redis-server", "etcd"]) groups.push({ name, kind: "shared", pids: async () => pidsByName(name) });
     }
-    return { description, urls: c.urls, services: c.all, cpuGroups: groups, pgNote: dbName ? PG_NOTE : undefined, stop: cleanup };
+    return {
+      description,
+      urls: c.urls,
+      services: c.all,
+      cpuGroups: groups,
+      pgNote: dbName ? PG_NOTE : undefined,
+      stopServices: () => stopServices(c.all),
+      inboxCheck: (entries) => countInInbox(storage(), entries),
+      stop: cleanup,
+    };
   } catch (err) {
     await cleanup();
     throw err;
+  }
+}
+
+/** Counts the entries that have their inbox row; opens and closes `storage`. */
+async function countInInbox(storage: Storage, entries: ReadonlyArray<{ readonly owner: string; readonly msgId: number }>): Promise<number> {
+  await storage.start();
+  try {
+    let found = 0;
+    for (let i = 0; i < entries.length; i += 10_000) {
+      const chunk = entries.slice(i, i + 10_000);
+      const r = await storage.query<{ n: number }>(
+        "select count(*)::int as n from inbox i join unnest($1::text[], $2::bigint[]) as l(owner, msg_id) on i.owner = l.owner and i.msg_id = l.msg_id",
+        [chunk.map((e) => e.owner), chunk.map((e) => String(e.msgId))],
+      );
+      found += Number(r.rows[0]?.n ?? 0);
+    }
+    return found;
+  } finally {
+    await storage.close();
   }
 }
 
@@ -210,7 +253,7 @@ export async function setupPairs(urls: readonly string[], pairs: number): Promis
       const [s, r] = await Promise.all([reg(sUrl, sender), reg(rUrl, receiver)]);
       const api = createApi(sUrl, { binary: true, token: s.accessToken });
       const { sessionId } = await withRetry(`create chat ${sender}`, () => api.session.createSession({ members: [receiver], type: 1 }));
-      plans[i] = { senderWs: wsUrlOf(sUrl, s.accessToken), receiverWs: wsUrlOf(rUrl, r.accessToken), sessionId };
+      plans[i] = { senderWs: wsUrlOf(sUrl, s.accessToken), receiverWs: wsUrlOf(rUrl, r.accessToken), sessionId, receiver };
     }
   };
   await Promise.all(Array.from({ length: Math.min(4, pairs) }, worker));

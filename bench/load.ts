@@ -11,6 +11,7 @@ import { writeFile } from "node:fs/promises";
 import { cpus, loadavg } from "node:os";
 import { fileURLToPath } from "node:url";
 import type { ServiceProcess } from "../test/support/processes.js";
+import type { ClientResult } from "./client.js";
 import { relayPairs, serviceName, setupPairs, startDeployment } from "./deploy.js";
 import { drive, type DriveSettings } from "./drive.js";
 import { parseOptions, USAGE, type BenchOptions } from "./options.js";
@@ -90,20 +91,35 @@ async function runLoad(o: BenchOptions): Promise<BenchResult> {
     const setupMs = Math.round(performance.now() - setupStarted);
     const atEnd = o.sigtermAfter ? async () => void (shutdown = await sigtermAll(deployment.services)) : undefined;
     const product = await drive(pairs, settingsOf(o), deployment.cpuGroups, atEnd);
+    // Acked but never pushed: look each one up in its receiver's inbox once the services are down.
+    const lost = product.client.lostMessages;
+    let lostCheck: BenchResult["lostCheck"];
+    if (lost.msgIds.length > 0 && deployment.inboxCheck && pairs.every((p) => p.receiver)) {
+      await deployment.stopServices();
+      const entries = lost.msgIds.map((msgId, i) => ({ owner: pairs[lost.pairs[i]!]!.receiver!, msgId }));
+      const inInbox = await deployment.inboxCheck(entries);
+      lostCheck = { notPushed: product.client.totals.lost, checked: entries.length, inInbox, missing: entries.length - inInbox };
+    }
     const ratio = ceiling && ceiling.client.ackedPerSec > 0 ? product.client.ackedPerSec / ceiling.client.ackedPerSec : null;
     return {
       startedAt,
       options: o,
       load,
       machine,
-      ...(ceiling ? { ceiling } : {}),
-      product: { deployment: deployment.description, setupMs, ...(deployment.pgNote ? { pgNote: deployment.pgNote } : {}), ...product },
+      ...(ceiling ? { ceiling: { ...ceiling, client: trimLost(ceiling.client) } } : {}),
+      product: { deployment: deployment.description, setupMs, ...(deployment.pgNote ? { pgNote: deployment.pgNote } : {}), ...product, client: trimLost(product.client) },
+      ...(lostCheck ? { lostCheck } : {}),
       ratioToCeiling: ratio === null ? null : Math.round(ratio * 10_000) / 10_000,
       ...(shutdown ? { shutdown } : {}),
     };
   } finally {
     await deployment.stop();
   }
+}
+
+/** The result object keeps the first 20 lost messages, not all of them. */
+function trimLost(c: ClientResult): ClientResult {
+  return { ...c, lostMessages: { msgIds: c.lostMessages.msgIds.slice(0, 20), pairs: c.lostMessages.pairs.slice(0, 20) } };
 }
 
 const json = (x: unknown): string => JSON.stringify(x, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v), 2);

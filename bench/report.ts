@@ -28,6 +28,11 @@ export interface BenchResult {
   readonly machine: { readonly cpus: number; readonly loadAverage1m: number };
   readonly ceiling?: DriveResult & { readonly what: string };
   readonly product: DriveResult & { readonly deployment: string; readonly setupMs: number; readonly pgNote?: string };
+  /**
+   * Present when messages were acked but not pushed within the grace period: each one looked up
+   * in its receiver's inbox in the database after the services stopped.
+   */
+  readonly lostCheck?: { readonly notPushed: number; readonly checked: number; readonly inInbox: number; readonly missing: number };
   /** Product acked/s ÷ ceiling acked/s. */
   readonly ratioToCeiling: number | null;
   readonly shutdown?: readonly ShutdownOutcome[];
@@ -77,6 +82,13 @@ export function formatReport(r: BenchResult): string {
   if (r.ceiling) out.push(...runLines(`ceiling — ${r.ceiling.what}`, r.ceiling), "");
   out.push(...runLines(`product — ${r.product.deployment} (setup ${(r.product.setupMs / 1000).toFixed(1)} s)`, r.product));
   if (r.product.pgNote) out.push(`  note: ${r.product.pgNote}`);
+  if (r.lostCheck) {
+    const l = r.lostCheck;
+    out.push(
+      `  not pushed within the grace period: ${l.notPushed}; looked up after the services stopped: ${l.checked} — ` +
+        `${l.inInbox} in the receiver's inbox (a client gets them on its next inbox pull), ${l.missing} MISSING`,
+    );
+  }
   if (r.ratioToCeiling !== null) out.push("", `product / ceiling (acked/s): ${(r.ratioToCeiling * 100).toFixed(1)}%`);
   if (r.shutdown) {
     out.push("", "SIGTERM at the end of the measured interval, load still on:");
