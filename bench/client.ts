@@ -36,8 +36,12 @@ export interface ClientPlan {
   readonly hold: boolean;
   /** How long to wait for the acks still in flight once offering stopped. */
   readonly drainMs: number;
-  /** How long to wait, after that, for the pushes of acked messages. */
+  /**
+   * After that, wait for the pushes of acked messages until none has arrived for `graceMs`
+   * (a backlog still draining keeps the wait going), at most `graceCapMs` in all.
+   */
   readonly graceMs: number;
+  readonly graceCapMs: number;
   readonly contentBytes: number;
 }
 
@@ -70,7 +74,7 @@ export interface ClientResult {
     readonly delivered: number;
     /** Pushes of a message already delivered. */
     readonly duplicatePushes: number;
-    /** Acked with success but no push arrived within the grace period (checked through pushes only). */
+    /** Acked with success but no push arrived before the grace period ran out (checked through pushes only). */
     readonly lost: number;
     /** Pushed although the ack was an error or never came. */
     readonly deliveredWithoutOkAck: number;
@@ -80,6 +84,8 @@ export interface ClientResult {
   /** The lost messages (up to 200,000): msg_id from the ack and pair index, side by side. */
   readonly lostMessages: { readonly msgIds: readonly number[]; readonly pairs: readonly number[] };
   readonly primeMs: number;
+  /** How long the client waited for pushes after the acks were in. */
+  readonly graceWaitedMs: number;
 }
 
 type ToChild = { type: "plan"; plan: ClientPlan } | { type: "go" } | { type: "stop" };
@@ -155,6 +161,8 @@ class LoadRun {
   #measureEndedAt = 0;
   #inflight = 0;
   #pendingDelivery = 0;
+  #lastPushAt = 0;
+  #graceWaitedMs = 0;
   readonly #waiters = new Set<() => void>();
   #stopRequested: (() => void) | undefined;
   readonly #ackLatency = new Samples();
@@ -302,6 +310,7 @@ class LoadRun {
       return;
     }
     const now = performance.now();
+    this.#lastPushAt = now;
     l.flags[n]! |= DELIVERED;
     if (n >= this.#firstRun && this.#phase !== "setup") {
       this.#t.delivered++;
@@ -346,8 +355,13 @@ class LoadRun {
     const drainUntil = performance.now() + plan.drainMs;
     while (this.#inflight > 0 && this.#pairs.some((p) => p.open && p.inflight > 0) && performance.now() < drainUntil) await this.#waitChange(drainUntil);
     const graceStarted = performance.now();
-    const graceUntil = graceStarted + plan.graceMs;
-    while (this.#pendingDelivery > 0 && performance.now() < graceUntil) await this.#waitChange(graceUntil);
+    const cap = graceStarted + plan.graceCapMs;
+    for (;;) {
+      const until = Math.min(cap, Math.max(graceStarted, this.#lastPushAt) + plan.graceMs);
+      if (this.#pendingDelivery === 0 || performance.now() >= until) break;
+      await this.#waitChange(until);
+    }
+    this.#graceWaitedMs = Math.round(performance.now() - graceStarted);
     return this.#result();
   }
 
@@ -419,6 +433,7 @@ class LoadRun {
       closes: this.#closes,
       lostMessages,
       primeMs: 0,
+      graceWaitedMs: this.#graceWaitedMs,
     };
   }
 

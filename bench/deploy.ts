@@ -53,11 +53,10 @@ export interface Deployment {
   /** SIGTERM the services still running and wait for their exits (at most 60 s). Never rejects. */
   stopServices(): Promise<void>;
   /**
-   * After stopServices(): how many of the (receiver, msg_id) pairs have their row in the
-   * receiver's inbox, looked up in the deployment's database (PGlite opened from its directory).
-   * Undefined for --urls.
+   * After stopServices(): looks the (receiver, msg_id) pairs up in the deployment's database
+   * (PGlite opened from its directory). Undefined for --urls.
    */
-  inboxCheck?(entries: ReadonlyArray<{ readonly owner: string; readonly msgId: number }>): Promise<number>;
+  lookUp?(entries: ReadonlyArray<{ readonly owner: string; readonly msgId: number }>): Promise<LookUp>;
   /** stopServices(), then remove everything the run created. Never rejects. */
   stop(): Promise<void>;
 }
@@ -179,7 +178,7 @@ export async function startDeployment(o: BenchOptions): Promise<Deployment> {
       cpuGroups: groups,
       pgNote: dbName ? PG_NOTE : undefined,
       stopServices: () => stopServices(c.all),
-      inboxCheck: (entries) => countInInbox(storage(), entries),
+      lookUp: (entries) => lookUp(storage(), entries),
       stop: cleanup,
     };
   } catch (err) {
@@ -188,20 +187,31 @@ export async function startDeployment(o: BenchOptions): Promise<Deployment> {
   }
 }
 
-/** Counts the entries that have their inbox row; opens and closes `storage`. */
-async function countInInbox(storage: Storage, entries: ReadonlyArray<{ readonly owner: string; readonly msgId: number }>): Promise<number> {
+/** Where acked messages are: in their receiver's inbox, or at least committed (a messages row). */
+export interface LookUp {
+  readonly inInbox: number;
+  readonly committed: number;
+}
+
+/** Counts the entries with an inbox row and those with a messages row; opens and closes `storage`. */
+async function lookUp(storage: Storage, entries: ReadonlyArray<{ readonly owner: string; readonly msgId: number }>): Promise<LookUp> {
   await storage.start();
   try {
-    let found = 0;
+    let inInbox = 0;
+    let committed = 0;
     for (let i = 0; i < entries.length; i += 10_000) {
       const chunk = entries.slice(i, i + 10_000);
-      const r = await storage.query<{ n: number }>(
+      const owners = chunk.map((e) => e.owner);
+      const ids = chunk.map((e) => String(e.msgId));
+      const inbox = await storage.query<{ n: number }>(
         "select count(*)::int as n from inbox i join unnest($1::text[], $2::bigint[]) as l(owner, msg_id) on i.owner = l.owner and i.msg_id = l.msg_id",
-        [chunk.map((e) => e.owner), chunk.map((e) => String(e.msgId))],
+        [owners, ids],
       );
-      found += Number(r.rows[0]?.n ?? 0);
+      const messages = await storage.query<{ n: number }>("select count(*)::int as n from messages where id = any($1::bigint[])", [ids]);
+      inInbox += Number(inbox.rows[0]?.n ?? 0);
+      committed += Number(messages.rows[0]?.n ?? 0);
     }
-    return found;
+    return { inInbox, committed };
   } finally {
     await storage.close();
   }

@@ -117,6 +117,9 @@ class CpuSampler {
   }
 }
 
+/** The longest the client waits for pushes after the load, however long they keep trickling in. */
+const GRACE_CAP_MS = 120_000;
+
 const round2 = (x: number): number => Math.round(x * 100) / 100;
 
 /** Messages from the child, awaited by type; "failed" or an exit rejects every wait. */
@@ -184,6 +187,7 @@ export async function drive(
       hold: atMeasureEnd !== undefined,
       drainMs: 10_000,
       graceMs: s.graceMs,
+      graceCapMs: GRACE_CAP_MS,
       contentBytes: s.contentBytes,
     };
     child.send({ type: "plan", plan });
@@ -199,7 +203,7 @@ export async function drive(
       await atMeasureEnd();
       child.send({ type: "stop" });
     }
-    const { result } = await inbox.next("result", 10_000 + s.graceMs + 30_000);
+    const { result } = await inbox.next("result", 10_000 + GRACE_CAP_MS + 30_000);
     await exited;
     return { client: result, cpu: sampler.report(result.acked) };
   } finally {

@@ -9,6 +9,7 @@ import { drive } from "./drive.js";
 import { readProcStat } from "./proc.js";
 import type { BenchResult } from "./report.js";
 import { startOwnServers } from "./servers.js";
+import { requireServices } from "../test/support/services.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
@@ -77,22 +78,28 @@ describe("bench - private servers for a cluster run", () => {
   });
 });
 
-describe("bench - npm run bench end to end (standalone)", () => {
+/** Runs `npm run bench -- ...args --json <file>`; resolves with its exit code, output and result object. */
+async function runBench(dir: string, args: string[]): Promise<{ code: number | null; out: string; result: BenchResult | undefined }> {
+  const file = join(dir, `result-${Date.now()}.json`);
+  const proc = spawn("npm", ["run", "bench", "--", ...args, "--json", file], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  proc.stdout.setEncoding("utf8").on("data", (c: string) => (out += c));
+  proc.stderr.setEncoding("utf8").on("data", (c: string) => (out += c));
+  const code = await new Promise<number | null>((r) => proc.once("exit", r));
+  const text = await readFile(file, "utf8").catch(() => undefined);
+  return { code, out, result: text === undefined ? undefined : (JSON.parse(text) as BenchResult) };
+}
+
+describe("bench - npm run bench end to end", () => {
   let dir: string;
   beforeAll(async () => void (dir = await mkdtemp(join(tmpdir(), "bench-e2e-"))));
   afterAll(async () => rm(dir, { recursive: true, force: true }));
 
   it("runs a short standalone load and writes the result object with --json", async () => {
-    const file = join(dir, "result.json");
-    const args = ["run", "bench", "--", "--pairs", "2", "--window", "4", "--seconds", "1", "--warmup", "0.5", "--grace", "15", "--no-ceiling", "--json", file];
-    const proc = spawn("npm", args, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    proc.stdout.setEncoding("utf8").on("data", (c: string) => (out += c));
-    proc.stderr.setEncoding("utf8").on("data", (c: string) => (out += c));
-    const code = await new Promise<number | null>((r) => proc.once("exit", r));
+    const { code, out, result } = await runBench(dir, ["--pairs", "2", "--window", "4", "--seconds", "1", "--warmup", "0.5", "--grace", "15", "--no-ceiling"]);
     expect(code, out).toBe(0);
     expect(out).toContain("CPU per acked message");
-    const r = JSON.parse(await readFile(file, "utf8")) as BenchResult;
+    const r = result!;
     expect(r.product.client.acked).toBeGreaterThan(0);
     expect(r.product.client.totals.lost).toBe(0);
     expect(r.product.client.totals.ackErrors).toEqual({});
@@ -100,4 +107,36 @@ describe("bench - npm run bench end to end (standalone)", () => {
     expect(r.product.cpu.groups[0]!.cpuMs).toBeGreaterThan(0);
     expect(r.ceiling).toBeUndefined();
   }, 180_000);
+});
+
+const services = await requireServices(["postgres"]);
+if (!services.ok) console.warn(`bench: cluster run skipped: ${services.reason}`);
+
+describe.skipIf(!services.ok)("bench - npm run bench end to end (cluster, SIGTERM under load)", () => {
+  let dir: string;
+  beforeAll(async () => void (dir = await mkdtemp(join(tmpdir(), "bench-e2e-"))));
+  afterAll(async () => rm(dir, { recursive: true, force: true }));
+
+  it("measures every process of a cluster on private servers, then reports each service's shutdown", async () => {
+    const args = ["--deploy", "cluster", "--gateways", "2", "--logics", "1", "--tasks", "1", "--pairs", "2", "--rate", "40", "--seconds", "1", "--warmup", "0.5"];
+    const { code, out, result } = await runBench(dir, [...args, "--grace", "15", "--no-ceiling", "--sigterm-after"]);
+    expect(code, out).toBe(0);
+    const r = result!;
+    expect(r.product.client.acked).toBeGreaterThan(0);
+    const names = r.product.cpu.groups.map((g) => g.name);
+    expect(names.filter((n) => n.startsWith("gateway-"))).toHaveLength(2);
+    expect(names.filter((n) => n.startsWith("logic-"))).toHaveLength(1);
+    expect(names.filter((n) => n.startsWith("task-"))).toHaveLength(1);
+    expect(names).toEqual(expect.arrayContaining(["postgres backends", "nats-server", "redis-server", "etcd", "load client"]));
+    // The logic and task processes hold PostgreSQL connections to the run's database.
+    expect(r.product.cpu.groups.find((g) => g.name === "postgres backends")!.processes).toBeGreaterThan(0);
+    expect(r.shutdown).toHaveLength(4);
+    for (const s of r.shutdown!) {
+      expect(s.exitCode, s.name).toBe(0);
+      expect(s.report?.exitCode, s.name).toBe(0);
+    }
+    // Whatever was acked but not pushed before the shutdown must at least be committed.
+    if (r.lostCheck) expect(r.lostCheck.missing).toBe(0);
+    else expect(r.product.client.totals.lost).toBe(0);
+  }, 240_000);
 });

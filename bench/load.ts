@@ -94,11 +94,17 @@ async function runLoad(o: BenchOptions): Promise<BenchResult> {
     // Acked but never pushed: look each one up in its receiver's inbox once the services are down.
     const lost = product.client.lostMessages;
     let lostCheck: BenchResult["lostCheck"];
-    if (lost.msgIds.length > 0 && deployment.inboxCheck && pairs.every((p) => p.receiver)) {
+    if (lost.msgIds.length > 0 && deployment.lookUp && pairs.every((p) => p.receiver)) {
       await deployment.stopServices();
       const entries = lost.msgIds.map((msgId, i) => ({ owner: pairs[lost.pairs[i]!]!.receiver!, msgId }));
-      const inInbox = await deployment.inboxCheck(entries);
-      lostCheck = { notPushed: product.client.totals.lost, checked: entries.length, inInbox, missing: entries.length - inInbox };
+      const found = await deployment.lookUp(entries);
+      lostCheck = {
+        notPushed: product.client.totals.lost,
+        checked: entries.length,
+        inInbox: found.inInbox,
+        queued: found.committed - found.inInbox,
+        missing: entries.length - found.committed,
+      };
     }
     const ratio = ceiling && ceiling.client.ackedPerSec > 0 ? product.client.ackedPerSec / ceiling.client.ackedPerSec : null;
     return {

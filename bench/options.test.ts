@@ -1,3 +1,4 @@
+import { readFile } from "node:fs/promises";
 import { describe, expect, it } from "vitest";
 import { parseOptions, USAGE } from "./options.js";
 
@@ -45,5 +46,17 @@ describe("bench options", () => {
       expect(USAGE).toContain(flag);
     }
     expect(USAGE).toContain("bench/load.ts");
+  });
+});
+
+describe("bench options - the README's benchmark commands", () => {
+  it("are all valid (the end-to-end tests in load.test.ts run the standalone and cluster ones)", async () => {
+    const readme = await readFile(new URL("../README.md", import.meta.url), "utf8");
+    const commands = readme
+      .split("\n")
+      .filter((l) => l.startsWith("npm run bench -- "))
+      .map((l) => l.replace(/#.*$/, "").trim());
+    expect(commands.length).toBeGreaterThanOrEqual(5);
+    for (const c of commands) expect(() => parseOptions(c.split(/\s+/).slice(4)), c).not.toThrow();
   });
 });

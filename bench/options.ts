@@ -30,8 +30,9 @@ load (each pair is a sender and a receiver in one single chat; users spread over
                         keeps W chats unacked
   --seconds S           measured interval (default 10)
   --warmup S            warm-up before it, excluded from every figure (default 3)
-  --grace S             after the load, how long to wait for the pushes of acked messages
-                        before counting them lost (default 10)
+  --grace S             after the load, wait for the pushes of acked messages until none
+                        has come for S seconds (default 10; 120 s at most in all); those
+                        still missing count as lost and are looked up in the database
   --content-bytes B     message length (default 16)
   --no-ceiling          skip the ceiling: by default the same client, with the same settings,
                         first drives a bare \`ws\` relay in its own process, and the product's
@@ -46,7 +47,9 @@ load (each pair is a sender and a receiver in one single chat; users spread over
   --help
 
 reported: acked/s, delivered/s (pushes received), send→ack and send→push p50/p99/p99.9,
-lost (acked but no push within --grace; checked through pushes only), error acks by code, and
+lost (acked, no push within the grace period; then each looked up in the database once the
+services stopped: in the receiver's inbox, committed but still queued, or missing), error acks
+by code, and
 CPU µs per acked message of each process (gateways, logic, task or all, the PostgreSQL backends
 of the run's database, nats-server, redis-server, etcd, the load client) from /proc over the
 measured interval.

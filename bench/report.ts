@@ -30,9 +30,18 @@ export interface BenchResult {
   readonly product: DriveResult & { readonly deployment: string; readonly setupMs: number; readonly pgNote?: string };
   /**
    * Present when messages were acked but not pushed within the grace period: each one looked up
-   * in its receiver's inbox in the database after the services stopped.
+   * in the database after the services stopped. `inInbox`: its receiver's inbox row exists (a
+   * client gets it on its next inbox pull); `queued`: committed, no inbox row yet (still in the
+   * outbox or the queue: delivered once the services run again); `missing`: no messages row at
+   * all — acknowledged but not committed, a real loss.
    */
-  readonly lostCheck?: { readonly notPushed: number; readonly checked: number; readonly inInbox: number; readonly missing: number };
+  readonly lostCheck?: {
+    readonly notPushed: number;
+    readonly checked: number;
+    readonly inInbox: number;
+    readonly queued: number;
+    readonly missing: number;
+  };
   /** Product acked/s ÷ ceiling acked/s. */
   readonly ratioToCeiling: number | null;
   readonly shutdown?: readonly ShutdownOutcome[];
@@ -85,8 +94,9 @@ export function formatReport(r: BenchResult): string {
   if (r.lostCheck) {
     const l = r.lostCheck;
     out.push(
-      `  not pushed within the grace period: ${l.notPushed}; looked up after the services stopped: ${l.checked} — ` +
-        `${l.inInbox} in the receiver's inbox (a client gets them on its next inbox pull), ${l.missing} MISSING`,
+      `  acked, not pushed within the grace period (${(r.product.client.graceWaitedMs / 1000).toFixed(1)} s): ${l.notPushed}; ` +
+        `looked up in the database after the services stopped: ${l.inInbox} in the receiver's inbox (next inbox pull gets them), ` +
+        `${l.queued} committed but still queued for delivery, ${l.missing} NOT COMMITTED (lost)`,
     );
   }
   if (r.ratioToCeiling !== null) out.push("", `product / ceiling (acked/s): ${(r.ratioToCeiling * 100).toFixed(1)}%`);
