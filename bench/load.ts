@@ -1,184 +1,158 @@
 /**
- * Load and rolling-restart benchmark. Bounded in count and time; talks to loopback only.
- *
- *   npm run bench -- [--deploy standalone|cluster] [--pairs 20] [--seconds 10] [--rate 0]
- *                    [--window 8] [--restart gateway,logic,task] [--urls http://127.0.0.1:8080,...]
- *
- * --deploy starts a fresh deployment with the test harness (cluster: 2 gateways, 2 logic,
- * 2 tasks on the local PostgreSQL/Redis/NATS/etcd); --urls uses a running one instead.
- * Each pair is a sender and a receiver in a single chat. --rate is messages/s per sender
- * (0 = as fast as the window of unacked messages allows). --restart sends SIGTERM to one
- * process of each named role in turn during the run and starts a replacement.
+ * `npm run bench`: the load benchmark. Starts a fresh deployment with the test harness (or uses
+ * --urls), sets up sender/receiver pairs, and drives them with the lean load client in its own
+ * process (bench/client.ts); first, with the same client and settings, a bare `ws` relay in its
+ * own process (bench/relay.ts) as the ceiling. Reports throughput, latency percentiles, loss,
+ * error codes and the CPU per message of every process. `--help` prints the usage (options.ts).
+ * Bounded in count and time; loopback only.
  */
-import { parseArgs } from "node:util";
-import { ResonanceClient } from "../src/client/index.js";
-import { TestCluster } from "../test/support/cluster.js";
+import { fork } from "node:child_process";
+import { writeFile } from "node:fs/promises";
+import { cpus, loadavg } from "node:os";
+import { fileURLToPath } from "node:url";
+import type { ServiceProcess } from "../test/support/processes.js";
+import type { ClientResult } from "./client.js";
+import { relayPairs, serviceName, setupPairs, startDeployment } from "./deploy.js";
+import { drive, type DriveSettings } from "./drive.js";
+import { parseOptions, USAGE, type BenchOptions } from "./options.js";
+import { formatReport, type BenchResult, type ShutdownOutcome } from "./report.js";
+import { runRollingRestart } from "./restart.js";
 
-const { values: args } = parseArgs({
-  options: {
-    deploy: { type: "string", default: "standalone" },
-    urls: { type: "string" },
-    pairs: { type: "string", default: "20" },
-    seconds: { type: "string", default: "10" },
-    rate: { type: "string", default: "0" },
-    window: { type: "string", default: "8" },
-    restart: { type: "string", default: "" },
-    help: { type: "boolean", default: false },
-  },
-});
-if (args.help) {
-  process.stdout.write("see the comment at the top of bench/load.ts\n");
-  process.exit(0);
+function settingsOf(o: BenchOptions): DriveSettings {
+  return {
+    window: o.window,
+    rate: o.rate,
+    warmupMs: o.warmup * 1000,
+    measureMs: o.seconds * 1000,
+    graceMs: o.grace * 1000,
+    contentBytes: o.contentBytes,
+  };
 }
 
-const pairs = Math.min(500, Number(args.pairs));
-const seconds = Math.min(300, Number(args.seconds));
-const rate = Number(args.rate);
-const window = Math.max(1, Number(args.window));
-const restartRoles = args.restart ? (args.restart.split(",") as Array<"gateway" | "logic" | "task">) : [];
-
-function pct(values: number[], p: number): number {
-  if (values.length === 0) return NaN;
-  const s = [...values].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
-}
-const fmt = (n: number) => (Number.isNaN(n) ? "-" : n.toFixed(1));
-
-async function main(): Promise<void> {
-  let cluster: TestCluster | undefined;
-  let urls: string[];
-  if (args.urls) {
-    urls = args.urls.split(",");
-  } else {
-    const mode = args.deploy === "cluster" ? "cluster" : "standalone";
-    const env = { RESONANCE_WS_DRAIN_WINDOW: "1s", RESONANCE_CHAT_RATE: "100000", RESONANCE_CHAT_BURST: "100000", RESONANCE_AUTH_RATE: "100000", RESONANCE_AUTH_BURST: "100000" };
-    cluster = await TestCluster.start(mode === "cluster" ? { mode, gateways: 2, logics: 2, tasks: 2, env } : { mode, env });
-    urls = cluster.urls;
-  }
-  const run = Date.now().toString(36);
-  const senders: ResonanceClient[] = [];
-  const receivers: ResonanceClient[] = [];
-  const sentAt = new Map<string, number>();
-  const ackLatency: number[] = [];
-  const pushLatency: number[] = [];
-  const ackedIds = new Set<bigint>();
-  const deliveredIds = new Set<bigint>();
-  let acked = 0;
-  let delivered = 0;
-  let nonRetryable = 0;
-
-  for (let i = 0; i < pairs; i++) {
-    // Spread users over the gateways; each client reconnects to any of them.
-    const order = (k: number) => [...urls.slice(k % urls.length), ...urls.slice(0, k % urls.length)];
-    const s = new ResonanceClient({ urls: order(i), username: `s${run}${i}`, password: "bench-pass", register: true, backlog: "skip", binary: true });
-    const r = new ResonanceClient({ urls: order(i + 1), username: `r${run}${i}`, password: "bench-pass", register: true, backlog: "skip", binary: true });
-    await Promise.all([s.start(), r.start()]);
-    r.onMessage((m) => {
-      if (m.type !== "text") return;
-      const t0 = sentAt.get(m.content);
-      if (t0 !== undefined) pushLatency.push(performance.now() - t0);
-      delivered++;
-      deliveredIds.add(m.msgId);
+/** The ceiling: the same client and settings against a bare relay process. */
+async function runCeiling(o: BenchOptions): Promise<NonNullable<BenchResult["ceiling"]>> {
+  const relay = fork(fileURLToPath(new URL("./relay.ts", import.meta.url)), [], { execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
+  try {
+    const port = await new Promise<number>((resolve, reject) => {
+      relay.once("message", (m: { port: number }) => resolve(m.port));
+      relay.once("exit", (code) => reject(new Error(`relay exited (${code}) before listening`)));
     });
-    senders.push(s);
-    receivers.push(r);
+    const result = await drive(relayPairs(port, o.pairs), settingsOf(o), [{ name: "ws relay", kind: "relay", pids: async () => [relay.pid!] }]);
+    return { what: "bare ws relay (bench/relay.ts), same client and settings", ...result };
+  } finally {
+    relay.kill("SIGKILL");
   }
-  const sessions = await Promise.all(
-    senders.map(async (s, i) => (await s.api.session.createSession({ members: [`r${run}${i}`], type: 1 })).sessionId),
-  );
-  process.stdout.write(`clients ready: ${pairs} pairs on ${urls.length} gateway(s); running ${seconds} s\n`);
+}
 
-  const started = performance.now();
-  const end = started + seconds * 1000;
-  const restarts: Array<{ role: string; sigtermToExitMs: number; exitCode: number | null }> = [];
-  const restarting = (async () => {
-    if (!cluster || restartRoles.length === 0) return;
-    const gap = (seconds * 1000) / (restartRoles.length + 1);
-    for (const role of restartRoles) {
-      await new Promise((r) => setTimeout(r, gap));
-      const list = role === "gateway" ? cluster.gateways : role === "logic" ? cluster.logics : cluster.tasks;
-      const victim = list.find((p) => p.proc.exitCode === null && p.proc.signalCode === null);
-      if (!victim) continue;
-      const t0 = performance.now();
-      victim.kill("SIGTERM");
-      const exit = await victim.exited;
-      restarts.push({ role, sigtermToExitMs: Math.round(performance.now() - t0), exitCode: exit.code });
-      // The replacement takes the same ports, as a restarted pod would.
-      const replacement = await cluster.startProcess(role, {
-        RESONANCE_HTTP_PORT: victim.env.RESONANCE_HTTP_PORT!,
-        RESONANCE_PUSH_PORT: victim.env.RESONANCE_PUSH_PORT!,
-        RESONANCE_LOGIC_PORT: victim.env.RESONANCE_LOGIC_PORT!,
-      });
-      void replacement;
-    }
-  })();
-
-  let n = 0;
-  await Promise.all(
-    senders.map(async (s, i) => {
-      const sessionId = sessions[i]!;
-      const interval = rate > 0 ? 1000 / rate : 0;
-      let next = performance.now();
-      const inflight = new Set<Promise<void>>();
-      while (performance.now() < end) {
-        if (interval > 0) {
-          next += interval;
-          const wait = next - performance.now();
-          if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-        }
-        while (inflight.size >= window) await Promise.race(inflight);
-        const content = `b${i}-${n++}`;
-        const t0 = performance.now();
-        sentAt.set(content, t0);
-        const p = s
-          .send({ sessionId, content })
-          .then(
-            (ack) => {
-              ackLatency.push(performance.now() - t0);
-              acked++;
-              ackedIds.add(ack.msgId);
-            },
-            () => void nonRetryable++,
-          )
-          .finally(() => inflight.delete(p));
-        inflight.add(p);
-      }
-      await Promise.all(inflight);
+/** SIGTERM to every service at once; resolves with each one's exit and shutdown report (SIGKILL after 90 s). */
+async function sigtermAll(services: readonly ServiceProcess[]): Promise<ShutdownOutcome[]> {
+  const t0 = performance.now();
+  for (const p of services) p.kill("SIGTERM");
+  return Promise.all(
+    services.map(async (p): Promise<ShutdownOutcome> => {
+      let timer: NodeJS.Timeout | undefined;
+      const exit = await Promise.race([p.exited, new Promise<null>((r) => (timer = setTimeout(() => r(null), 90_000)))]);
+      clearTimeout(timer);
+      if (!exit) p.kill("SIGKILL");
+      const final = exit ?? (await p.exited);
+      const line = p.logs().find((l) => l.msg === "shutdown report");
+      const report = line?.report as ShutdownOutcome["report"] | undefined;
+      return {
+        name: serviceName(p),
+        exitCode: final.code,
+        signal: exit ? final.signal : "SIGKILL (no exit within 90 s)",
+        sigtermToExitMs: Math.round(performance.now() - t0),
+        ...(report
+          ? {
+              report: {
+                durationMs: Math.round(report.durationMs),
+                exitCode: report.exitCode,
+                deadlineExceeded: report.deadlineExceeded,
+                phases: report.phases.map((x) => ({ name: x.name, durationMs: Math.round(x.durationMs), outcome: x.outcome })),
+              },
+            }
+          : {}),
+      };
     }),
   );
-  const elapsed = (performance.now() - started) / 1000;
-  await restarting;
-  // Let the last deliveries land (bounded), then count what never arrived.
-  const drainEnd = Date.now() + 20_000;
-  while (Date.now() < drainEnd && [...ackedIds].some((id) => !deliveredIds.has(id))) await new Promise((r) => setTimeout(r, 100));
-  const lost = [...ackedIds].filter((id) => !deliveredIds.has(id)).length;
+}
 
-  const stats = [...senders, ...receivers].map((c) => c.stats());
-  const sum = (f: (s: (typeof stats)[number]) => number) => stats.reduce((a, s) => a + f(s), 0);
-  const reconnects = stats.flatMap((s) => s.reconnectDelaysMs);
-  const out = {
-    pairs,
-    seconds: Number(elapsed.toFixed(1)),
-    acked,
-    delivered,
-    ackedPerSec: Math.round(acked / elapsed),
-    deliveredPerSec: Math.round(delivered / elapsed),
-    ackMs: { p50: fmt(pct(ackLatency, 50)), p99: fmt(pct(ackLatency, 99)) },
-    pushMs: { p50: fmt(pct(pushLatency, 50)), p99: fmt(pct(pushLatency, 99)) },
-    lost,
-    duplicatesBeforeDedup: sum((s) => s.duplicatesDropped),
-    nonRetryableErrors: nonRetryable + sum((s) => s.nonRetryableErrors),
-    closes1006: sum((s) => s.closeCodes[1006] ?? 0),
-    reconnects: reconnects.length,
-    reconnectMs: { p50: fmt(pct(reconnects, 50)), p99: fmt(pct(reconnects, 99)) },
-    restarts,
-  };
-  process.stdout.write(JSON.stringify(out, null, 2) + "\n");
-  await Promise.all([...senders, ...receivers].map((c) => c.close()));
-  if (cluster) {
-    for (const p of cluster.all) p.kill("SIGTERM");
-    await Promise.all(cluster.all.map((p) => p.exited));
-    await cluster.destroy();
+async function runLoad(o: BenchOptions): Promise<BenchResult> {
+  const startedAt = new Date().toISOString();
+  const machine = { cpus: cpus().length, loadAverage1m: loadavg()[0]! };
+  const load = o.rate > 0 ? `open loop: ${o.rate} msg/s offered in total, at most ${o.window} unacked per sender` : `closed loop: ${o.window} unacked per sender`;
+  // The ceiling runs first, before the deployment exists, so idle services do not share its CPU.
+  const ceiling = o.ceiling ? await runCeiling(o) : undefined;
+  const deployment = await startDeployment(o);
+  let shutdown: ShutdownOutcome[] | undefined;
+  try {
+    const setupStarted = performance.now();
+    const pairs = await setupPairs(deployment.urls, o.pairs);
+    const setupMs = Math.round(performance.now() - setupStarted);
+    const atEnd = o.sigtermAfter ? async () => void (shutdown = await sigtermAll(deployment.services)) : undefined;
+    const product = await drive(pairs, settingsOf(o), deployment.cpuGroups, atEnd);
+    // Acked but never pushed: look each one up in its receiver's inbox once the services are down.
+    const lost = product.client.lostMessages;
+    let lostCheck: BenchResult["lostCheck"];
+    if (lost.msgIds.length > 0 && deployment.lookUp && pairs.every((p) => p.receiver)) {
+      await deployment.stopServices();
+      const entries = lost.msgIds.map((msgId, i) => ({ owner: pairs[lost.pairs[i]!]!.receiver!, msgId }));
+      const found = await deployment.lookUp(entries);
+      lostCheck = {
+        notPushed: product.client.totals.lost,
+        checked: entries.length,
+        inInbox: found.inInbox,
+        queued: found.committed - found.inInbox,
+        missing: entries.length - found.committed,
+      };
+    }
+    const ratio = ceiling && ceiling.client.ackedPerSec > 0 ? product.client.ackedPerSec / ceiling.client.ackedPerSec : null;
+    return {
+      startedAt,
+      options: o,
+      load,
+      machine,
+      ...(ceiling ? { ceiling: { ...ceiling, client: trimLost(ceiling.client) } } : {}),
+      product: { deployment: deployment.description, setupMs, ...(deployment.pgNote ? { pgNote: deployment.pgNote } : {}), ...product, client: trimLost(product.client) },
+      ...(lostCheck ? { lostCheck } : {}),
+      ratioToCeiling: ratio === null ? null : Math.round(ratio * 10_000) / 10_000,
+      ...(shutdown ? { shutdown } : {}),
+    };
+  } finally {
+    await deployment.stop();
+  }
+}
+
+/** The result object keeps the first 20 lost messages, not all of them. */
+function trimLost(c: ClientResult): ClientResult {
+  return { ...c, lostMessages: { msgIds: c.lostMessages.msgIds.slice(0, 20), pairs: c.lostMessages.pairs.slice(0, 20) } };
+}
+
+const json = (x: unknown): string => JSON.stringify(x, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v), 2);
+
+async function main(): Promise<void> {
+  let o: BenchOptions;
+  try {
+    o = parseOptions(process.argv.slice(2));
+  } catch (err) {
+    process.stderr.write(`bench: ${(err as Error).message} (see npm run bench -- --help)\n`);
+    process.exit(2);
+  }
+  if (o.help) {
+    process.stdout.write(USAGE);
+    return;
+  }
+  if (o.restart.length > 0) {
+    const r = await runRollingRestart(o);
+    process.stdout.write(json(r) + "\n");
+    if (o.json) await writeFile(o.json, json({ startedAt: new Date().toISOString(), options: o, ...r }) + "\n");
+    return;
+  }
+  const r = await runLoad(o);
+  process.stdout.write("\n" + formatReport(r));
+  if (o.json) {
+    await writeFile(o.json, json(r) + "\n");
+    process.stdout.write(`result written to ${o.json}\n`);
   }
 }
 
