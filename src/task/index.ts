@@ -183,6 +183,11 @@ export class TaskService {
     } finally {
       clearInterval(keepAlive);
     }
+    // Back-pressure: while a gateway takes pushes slower than they come, this batch slot stays
+    // taken, so the task pulls fewer events (they wait, durable, in the queue) instead of piling
+    // up pushes in memory. The route lookups of this batch come first, so its pushes are queued.
+    await Promise.all(this.#pushes);
+    await Promise.all([...this.#pushers.values()].map((p) => p.room()));
   }
 
   /**

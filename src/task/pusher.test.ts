@@ -72,7 +72,7 @@ describe("task pusher", () => {
 
   it("pusher - a batch is capped by encoded bytes as well as by count; a push larger than the cap goes alone", async () => {
     const { calls, client } = fakeGateway(true);
-    const limits = { maxBatch: 100, maxBatchBytes: 10_000, maxQueued: 1_000 };
+    const limits = { maxBatch: 100, maxBatchBytes: 10_000, highWater: 1_000, maxQueued: 1_000 };
     const p = new GatewayPusher("gw:1", client, new Metrics(), silent, limits);
     p.push(["a"], msg(1n)); // goes at once; the rest queue behind it
     const big = "x".repeat(3_000);
@@ -96,7 +96,7 @@ describe("task pusher", () => {
     const { calls, client } = fakeGateway();
     const metrics = new Metrics();
     const { lines, log } = recordingLog();
-    const p = new GatewayPusher("gw:1", client, metrics, log, { maxBatch: 100, maxBatchBytes: 1 << 20, maxQueued: 5 });
+    const p = new GatewayPusher("gw:1", client, metrics, log, { maxBatch: 100, maxBatchBytes: 1 << 20, highWater: 5, maxQueued: 5 });
     p.push(["a"], msg(1n)); // in flight
     for (let i = 2n; i <= 9n; i++) p.push(["a"], msg(i));
     expect(p.queued).toBe(5);
@@ -108,6 +108,29 @@ describe("task pusher", () => {
     expect(calls[1]!.ids).toEqual([5n, 6n, 7n, 8n, 9n]); // the newest stayed
     calls[1]!.done();
     await p.flush();
+  });
+
+  it("pusher - room() waits while more than the high-water mark is queued, and resolves as the gateway catches up", async () => {
+    const { calls, client } = fakeGateway();
+    const p = new GatewayPusher("gw:1", client, new Metrics(), silent, { maxBatch: 2, maxBatchBytes: 1 << 20, highWater: 3, maxQueued: 100 });
+    p.push(["a"], msg(1n)); // in flight
+    for (let i = 2n; i <= 7n; i++) p.push(["a"], msg(i)); // six queued
+    let roomy = false;
+    void p.room().then(() => (roomy = true));
+    await tick();
+    expect(roomy).toBe(false);
+    calls[0]!.done(); // then [2, 3] goes: four queued, still above three
+    await tick();
+    expect([p.queued, roomy]).toEqual([4, false]);
+    calls[1]!.done(); // then [4, 5] goes: two queued
+    await tick();
+    expect([p.queued, roomy]).toEqual([2, true]);
+    await p.room(); // at once now
+    calls[2]!.done();
+    await tick();
+    calls[3]!.done();
+    await p.flush();
+    expect(calls.map((c) => c.ids)).toEqual([[1n], [2n, 3n], [4n, 5n], [6n, 7n]]);
   });
 
   it("pusher - a failed call is counted and logged at warn, and the next pushes still go", async () => {

@@ -12,15 +12,18 @@ export interface PusherLimits {
   readonly maxBatch: number;
   /** Most (estimated) encoded bytes in one call; a larger push goes alone. */
   readonly maxBatchBytes: number;
+  /** Beyond this many pushes waiting, {@link GatewayPusher.room} makes the producer wait. */
+  readonly highWater: number;
   /** Most pushes waiting; beyond it the oldest are dropped (their recipients have them in their inbox). */
   readonly maxQueued: number;
 }
 
 /**
- * The gateway's gRPC server refuses bodies over 1 MiB: a batch stays well under it, and under a
- * size that one call moves in a few milliseconds.
+ * The gateway's gRPC server refuses bodies over 1 MiB: a batch stays well under it. The task
+ * waits for room at the high-water mark (the events wait in the queue instead); dropping is
+ * the last resort, for a producer that does not wait.
  */
-export const DEFAULT_PUSHER_LIMITS: PusherLimits = { maxBatch: 256, maxBatchBytes: 256 * 1024, maxQueued: 10_000 };
+export const DEFAULT_PUSHER_LIMITS: PusherLimits = { maxBatch: 1_024, maxBatchBytes: 256 * 1024, highWater: 4_096, maxQueued: 20_000 };
 
 /** A failed or dropping pusher logs at most this often (with counts), so a dead gateway cannot flood the log. */
 const WARN_INTERVAL_MS = 5_000;
@@ -45,6 +48,8 @@ export class GatewayPusher {
   readonly #limits: PusherLimits;
   #queue: Queued[] = [];
   #sending: Promise<void> | undefined;
+  /** Producers waiting for the queue to fall to the high-water mark. */
+  #roomWaiters: Array<() => void> = [];
   #failed = 0;
   #dropped = 0;
   #lastWarn = -Infinity;
@@ -76,6 +81,15 @@ export class GatewayPusher {
     this.#sending ??= this.#drain();
   }
 
+  /**
+   * Resolves once at most `highWater` pushes wait (at once if so): a producer that awaits it
+   * before taking more work slows to what the gateway takes instead of filling memory. Never rejects.
+   */
+  room(): Promise<void> {
+    if (this.#queue.length <= this.#limits.highWater) return Promise.resolve();
+    return new Promise((resolve) => this.#roomWaiters.push(resolve));
+  }
+
   /** Resolves when everything queued so far has been sent (or has failed); never rejects. */
   async flush(): Promise<void> {
     while (this.#sending) await this.#sending;
@@ -98,6 +112,7 @@ export class GatewayPusher {
     try {
       while (this.#queue.length > 0) {
         const batch = this.#take();
+        if (this.#queue.length <= this.#limits.highWater) this.#wakeProducers();
         try {
           const client = this.#client();
           if (batch.length === 1) await client.push(batch[0]!);
@@ -111,7 +126,12 @@ export class GatewayPusher {
       }
     } finally {
       this.#sending = undefined;
+      this.#wakeProducers();
     }
+  }
+
+  #wakeProducers(): void {
+    for (const w of this.#roomWaiters.splice(0)) w();
   }
 
   /** One warn line per interval with what failed or was dropped since the last one. */

@@ -83,21 +83,29 @@ interface EventHooks {
 
 /** A delivered JetStream message: the first of ack / nak / deadLetter settles it, later calls are no-ops. */
 class JsEvent implements SettleableEvent {
-  readonly id: string;
   readonly data: Uint8Array;
-  readonly deliveryCount: number;
   readonly #msg: JsMsg;
   readonly #js: JetStreamClient;
   readonly #hooks: EventHooks;
   #settled = false;
+  #id: string | undefined;
 
   constructor(msg: JsMsg, js: JetStreamClient, hooks: EventHooks) {
     this.#msg = msg;
     this.#js = js;
     this.#hooks = hooks;
-    this.id = msg.headers?.get("Nats-Msg-Id") || `seq-${msg.seq}`;
     this.data = msg.data;
-    this.deliveryCount = msg.info.deliveryCount;
+  }
+
+  // Read when asked: parsing the headers and the reply subject of every message is a visible
+  // share of the CPU per event, and the hot path needs neither.
+  get id(): string {
+    this.#id ??= this.#msg.headers?.get("Nats-Msg-Id") || `seq-${this.#msg.seq}`;
+    return this.#id;
+  }
+
+  get deliveryCount(): number {
+    return this.#msg.info.deliveryCount;
   }
 
   settled(): boolean {
