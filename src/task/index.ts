@@ -30,6 +30,8 @@ export interface TaskDeps {
 
 /** Batches handled at once: while one batch's inbox statement runs, the next is decoded and sent. */
 const BATCHES_IN_FLIGHT = 2;
+/** Route lookups (one per inbox statement) that may be pending before a batch waits for them. */
+const MAX_LOOKUPS_PENDING = 4;
 /** A batch whose inbox write failed comes back after this back-off, doubled per delivery, up to the cap. */
 const RETRY_BASE_MS = 100;
 const RETRY_MAX_MS = 5_000;
@@ -183,10 +185,10 @@ export class TaskService {
     } finally {
       clearInterval(keepAlive);
     }
-    // Back-pressure: while a gateway takes pushes slower than they come, this batch slot stays
+    // Back-pressure: while route lookups or a gateway's pushes fall behind, this batch slot stays
     // taken, so the task pulls fewer events (they wait, durable, in the queue) instead of piling
-    // up pushes in memory. The route lookups of this batch come first, so its pushes are queued.
-    await Promise.all(this.#pushes);
+    // up work in memory.
+    while (this.#pushes.size > MAX_LOOKUPS_PENDING) await Promise.race(this.#pushes);
     await Promise.all([...this.#pushers.values()].map((p) => p.room()));
   }
 
