@@ -30,8 +30,12 @@ export interface TaskDeps {
 
 /** Batches handled at once: while one batch's inbox statement runs, the next is decoded and sent. */
 const BATCHES_IN_FLIGHT = 2;
-/** Route lookups (one per inbox statement) that may be pending before a batch waits for them. */
-const MAX_LOOKUPS_PENDING = 4;
+/**
+ * Route lookups (one per inbox statement) pending at once; beyond, a statement's pushes are
+ * skipped (Redis is down or stuck: there would be no route anyway) rather than waited for,
+ * so the inbox writes go on.
+ */
+const MAX_LOOKUPS_PENDING = 64;
 /** A batch whose inbox write failed comes back after this back-off, doubled per delivery, up to the cap. */
 const RETRY_BASE_MS = 100;
 const RETRY_MAX_MS = 5_000;
@@ -106,11 +110,17 @@ export class TaskService {
   #gateways: RegistryWatch | undefined;
   #addresses = new Map<string, string>();
   #started = false;
+  /** Resolved when the consumer is asked to stop: batches then stop waiting for back-pressure. */
+  readonly #stopping: Promise<void>;
+  #stop!: () => void;
+  /** Pushes skipped in a row because route lookups fell behind (one warning per run of them). */
+  #skipped = 0;
 
   constructor(config: Config, deps: TaskDeps) {
     this.#config = config;
     this.#d = deps;
     this.#channels = new Channels({ timeoutMs: 5_000, secret: config.internalSecret });
+    this.#stopping = new Promise((resolve) => (this.#stop = resolve));
     deps.metrics.gauge("resonance_consumer_ack_pending", "Queue events delivered and not yet acked", async () => (await deps.queue.consumer.pending()).ackPending);
     deps.metrics.gauge("resonance_consumer_lag", "Queue events waiting to be delivered", async () => (await deps.queue.consumer.pending()).waiting);
     deps.metrics.gauge("resonance_pushes_queued", "Pushes waiting for their gateway", () => {
@@ -185,11 +195,10 @@ export class TaskService {
     } finally {
       clearInterval(keepAlive);
     }
-    // Back-pressure: while route lookups or a gateway's pushes fall behind, this batch slot stays
+    // Back-pressure: while a gateway takes pushes slower than they come, this batch slot stays
     // taken, so the task pulls fewer events (they wait, durable, in the queue) instead of piling
-    // up work in memory.
-    while (this.#pushes.size > MAX_LOOKUPS_PENDING) await Promise.race(this.#pushes);
-    await Promise.all([...this.#pushers.values()].map((p) => p.room()));
+    // up pushes in memory or dropping them. Not while stopping: the shutdown flushes them.
+    await Promise.race([Promise.all([...this.#pushers.values()].map((p) => p.room())), this.#stopping]);
   }
 
   /**
@@ -213,7 +222,7 @@ export class TaskService {
       const front = rest.slice(0, members.length);
       rest = rest.slice(members.length);
       written.push(...front);
-      this.#track(this.#push(front, members));
+      this.#startPushes(front, members);
     }
     return written;
   }
@@ -225,7 +234,7 @@ export class TaskService {
       try {
         const members = await writeInboxFront(this.#d.storage, [e.event]);
         written.push(e);
-        this.#track(this.#push([e], members));
+        this.#startPushes([e], members);
       } catch (err) {
         if (isDataError(err)) {
           await this.#deadLetter(e.delivered, `inbox refused the event: ${(err as Error).message}`);
@@ -248,7 +257,16 @@ export class TaskService {
     }
   }
 
-  #track(p: Promise<void>): void {
+  /** Starts the pushes of a statement's events, unless too many route lookups are pending already. */
+  #startPushes(events: readonly Decoded[], members: readonly string[][]): void {
+    if (this.#pushes.size >= MAX_LOOKUPS_PENDING) {
+      this.#d.metrics.pushes.inc({ outcome: "skipped" }, events.length);
+      this.#skipped += events.length;
+      if (this.#skipped === events.length) this.#d.log.warn({ pending: this.#pushes.size }, "route lookups fall behind; pushes skipped, recipients will catch up from their inbox");
+      return;
+    }
+    this.#skipped = 0;
+    const p = this.#push(events, members);
     this.#pushes.add(p);
     void p.finally(() => this.#pushes.delete(p));
   }
@@ -296,6 +314,7 @@ export class TaskService {
   /** Shutdown step: stops pulling, naks what was not started, finishes and acks the batches in hand. */
   async stopConsumer(): Promise<Record<string, number>> {
     if (!this.#started) return {};
+    this.#stop();
     const s = await this.#d.queue.consumer.stop();
     return { mqAcked: s.acked, mqNaked: s.naked };
   }
@@ -310,6 +329,7 @@ export class TaskService {
 
   /** Closes what this service opened (not its infrastructure); idempotent. */
   async close(): Promise<void> {
+    this.#stop();
     if (this.#started) await this.#d.queue.consumer.stop();
     await this.flushPushes();
     await this.#gateways?.close();

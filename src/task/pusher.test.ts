@@ -133,6 +133,36 @@ describe("task pusher", () => {
     expect(calls.map((c) => c.ids)).toEqual([[1n], [2n, 3n], [4n, 5n], [6n, 7n]]);
   });
 
+  it("pusher - a gateway whose last call failed holds nobody back", async () => {
+    const { calls, client } = fakeGateway();
+    const p = new GatewayPusher("gw:1", client, new Metrics(), silent, { maxBatch: 2, maxBatchBytes: 1 << 20, highWater: 1, maxQueued: 100 });
+    p.push(["a"], msg(1n));
+    for (let i = 2n; i <= 8n; i++) p.push(["a"], msg(i));
+    let roomy = false;
+    void p.room().then(() => (roomy = true));
+    await tick();
+    expect(roomy).toBe(false);
+    calls[0]!.fail(new Error("unreachable"));
+    await tick();
+    expect(roomy).toBe(true);
+    await p.room(); // at once while it fails, whatever is queued
+    calls[1]!.done(); // a success: back-pressure again
+    await tick();
+    expect(p.queued).toBe(3);
+    let again = false;
+    void p.room().then(() => (again = true));
+    await tick();
+    expect(again).toBe(false);
+    calls[2]!.done();
+    await tick();
+    expect(again).toBe(true);
+    calls[3]!.done();
+    await tick();
+    calls[4]!.done();
+    await p.flush();
+    expect(calls.map((c) => c.ids)).toEqual([[1n], [2n, 3n], [4n, 5n], [6n, 7n], [8n]]);
+  });
+
   it("pusher - a failed call is counted and logged at warn, and the next pushes still go", async () => {
     const { calls, client } = fakeGateway();
     const metrics = new Metrics();

@@ -50,6 +50,8 @@ export class GatewayPusher {
   #sending: Promise<void> | undefined;
   /** Producers waiting for the queue to fall to the high-water mark. */
   #roomWaiters: Array<() => void> = [];
+  /** False after a failed call, until a call succeeds. */
+  #healthy = true;
   #failed = 0;
   #dropped = 0;
   #lastWarn = -Infinity;
@@ -83,10 +85,12 @@ export class GatewayPusher {
 
   /**
    * Resolves once at most `highWater` pushes wait (at once if so): a producer that awaits it
-   * before taking more work slows to what the gateway takes instead of filling memory. Never rejects.
+   * before taking more work slows to what the gateway takes instead of filling memory. A gateway
+   * whose last call failed holds nobody back — its pushes fail anyway, and the queue's bound
+   * drops the oldest. Never rejects.
    */
   room(): Promise<void> {
-    if (this.#queue.length <= this.#limits.highWater) return Promise.resolve();
+    if (!this.#healthy || this.#queue.length <= this.#limits.highWater) return Promise.resolve();
     return new Promise((resolve) => this.#roomWaiters.push(resolve));
   }
 
@@ -118,9 +122,12 @@ export class GatewayPusher {
           if (batch.length === 1) await client.push(batch[0]!);
           else await client.pushBatch({ pushes: batch });
           this.#metrics.pushes.inc({ outcome: "ok" }, batch.length);
+          this.#healthy = true;
         } catch (err) {
           this.#metrics.pushes.inc({ outcome: "failed" }, batch.length);
           this.#failed += batch.length;
+          this.#healthy = false;
+          this.#wakeProducers();
           this.#warn(err);
         }
       }
