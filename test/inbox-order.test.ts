@@ -26,9 +26,9 @@ describe.skipIf(!services.ok)("inbox order (PostgreSQL)", () => {
     await b.connect();
     try {
       await a.query("begin");
-      await a.query(INBOX_INSERT, ["s1", "1", "101"]); // x's row drawn, not committed
+      await a.query(INBOX_INSERT, [["s1"], ["1"], ["101"], 1024]); // x's row drawn, not committed
       let bDone = false;
-      const second = b.query(INBOX_INSERT, ["s2", "1", "102"]).then(() => (bDone = true));
+      const second = b.query(INBOX_INSERT, [["s2"], ["1"], ["102"], 1024]).then(() => (bDone = true));
       // b must be waiting on x's lock, not finished with an id that could be read before a's.
       await eventually(async () => {
         const waiting = await cluster.sql<{ n: string }>("select count(*) as n from pg_locks where locktype = 'advisory' and not granted");
@@ -40,7 +40,7 @@ describe.skipIf(!services.ok)("inbox order (PostgreSQL)", () => {
       const rows = await cluster.sql<{ id: string; msg_id: string }>("select id, msg_id from inbox where owner = 'x' order by id");
       expect(rows.map((r) => r.msg_id)).toEqual(["101", "102"]);
       // A redelivery of the first event inserts nothing.
-      await b.query(INBOX_INSERT, ["s1", "1", "101"]);
+      await b.query(INBOX_INSERT, [["s1"], ["1"], ["101"], 1024]);
       expect(await cluster.sql("select 1 from inbox where msg_id = 101")).toHaveLength(2);
     } finally {
       await a.end();

@@ -72,7 +72,7 @@ const schema = z.object({
   RESONANCE_ROUTE_TTL: atLeast(1000).default(120_000),
   RESONANCE_RELAY_BATCH: positiveInt.default(256),
   RESONANCE_RELAY_INTERVAL: atLeast(10).default(200),
-  RESONANCE_TASK_CONCURRENCY: positiveInt.default(64),
+  RESONANCE_TASK_CONCURRENCY: positiveInt.default(256),
   RESONANCE_ACK_WAIT: atLeast(1000).default(30_000),
   RESONANCE_FAULTS: z.string().default(""),
   RESONANCE_NAMESPACE: z

@@ -1,5 +1,5 @@
 import { create, fromBinary } from "@bufbuild/protobuf";
-import { PushMessageSchema, SessionMetaSchema } from "../gen/resonance/gateway/v1/gateway_pb.js";
+import { PushMessageSchema, PushService, SessionMetaSchema, type PushMessage } from "../gen/resonance/gateway/v1/gateway_pb.js";
 import { PushEventSchema, type PushEvent } from "../gen/resonance/mq/v1/mq_pb.js";
 import type { Config } from "../config/config.js";
 import type { DeliveredEvent, Queue } from "../infra/queue/types.js";
@@ -10,8 +10,8 @@ import type { Faults } from "../lifecycle/faults.js";
 import type { Logger } from "../observability/log.js";
 import type { Metrics } from "../observability/metrics.js";
 import { Channels } from "../rpc/channels.js";
-import { INBOX_INSERT } from "./inbox.js";
-import { GatewayPusher } from "./pusher.js";
+import { writeInboxFront } from "./inbox.js";
+import { GatewayPusher, type PushClient } from "./pusher.js";
 
 export interface TaskDeps {
   readonly log: Logger;
@@ -21,12 +21,85 @@ export interface TaskDeps {
   readonly routes: RouteTable;
   readonly registry: Registry;
   readonly faults: Faults;
+  /**
+   * The PushService of the gateway at `address`; by default a gRPC client over this service's
+   * channels. In one process (`all`) the gateway itself can be passed.
+   */
+  readonly pushClient?: ((address: string) => PushClient) | undefined;
+}
+
+/** Batches handled at once: while one batch's inbox statement runs, the next is decoded and sent. */
+const BATCHES_IN_FLIGHT = 2;
+/**
+ * Route lookups (one per inbox statement) pending at once; beyond, a statement's pushes are
+ * skipped (Redis is down or stuck: there would be no route anyway) rather than waited for,
+ * so the inbox writes go on.
+ */
+const MAX_LOOKUPS_PENDING = 64;
+/** A batch whose inbox write failed comes back after this back-off, doubled per delivery, up to the cap. */
+const RETRY_BASE_MS = 100;
+const RETRY_MAX_MS = 5_000;
+const MAX_INT64 = 2n ** 63n - 1n;
+/** Longest session id an event may carry (ids are short: `group:<n>`, `single:<a>:<b>`). */
+const MAX_SESSION_ID = 512;
+
+/** A delivered event and what it carries. */
+interface Decoded {
+  readonly delivered: DeliveredEvent;
+  readonly event: PushEvent;
 }
 
 /**
- * The task service: consumes push events, writes every member's inbox row (idempotent), acks,
- * then pushes to the gateways that hold the recipients' connections. The inbox is the truth:
- * a failed push loses nothing, the client pulls its delta on reconnect.
+ * How `RESONANCE_TASK_CONCURRENCY` splits: the most events a task handles at once, in up to
+ * {@link BATCHES_IN_FLIGHT} batches (each at most half of it; a concurrency of 1 is one event at a time).
+ */
+export function taskBatching(concurrency: number): { maxBatch: number; inFlight: number } {
+  const inFlight = Math.min(BATCHES_IN_FLIGHT, concurrency);
+  return { maxBatch: Math.max(1, Math.floor(concurrency / inFlight)), inFlight };
+}
+
+/**
+ * The push event in `data`, or why it can never be handled: undecodable, or with ids the inbox
+ * cannot store. Such an event goes to the dead letters alone.
+ */
+export function decodeEvent(data: Uint8Array): PushEvent | string {
+  let e: PushEvent;
+  try {
+    e = fromBinary(PushEventSchema, data);
+  } catch (err) {
+    return err instanceof Error ? err.message : String(err);
+  }
+  if (!e.sessionId || e.msgId === 0n) return "event without session or msg_id";
+  if (e.sessionId.length > MAX_SESSION_ID || e.sessionId.includes("\u0000")) return "event with an invalid session id";
+  if (e.msgId < 0n || e.msgId > MAX_INT64 || e.seqId < 0n || e.seqId > MAX_INT64) return "event with msg_id or seq_id out of range";
+  return e;
+}
+
+/** A PostgreSQL "data exception" (SQLSTATE class 22): the row is at fault, not the database. */
+function isDataError(err: unknown): boolean {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === "string" && code.startsWith("22");
+}
+
+function toPushMessage(e: PushEvent): PushMessage {
+  return create(PushMessageSchema, {
+    msgId: e.msgId,
+    seqId: e.seqId,
+    sessionId: e.sessionId,
+    fromUsername: e.fromUsername,
+    toUsername: e.toUsername,
+    content: e.content,
+    type: e.type,
+    timestamp: e.timestamp,
+    ...(e.type === "system" ? { sessionMeta: create(SessionMetaSchema, { name: e.sessionName, type: e.sessionType }) } : {}),
+  });
+}
+
+/**
+ * The task service: consumes push events in batches, writes every member's inbox rows
+ * (idempotent, one statement per batch), pushes to the gateways that hold the recipients'
+ * connections, and acks the batch (one confirmation). The inbox is the truth: a failed push
+ * loses nothing, the client pulls its delta on reconnect.
  */
 export class TaskService {
   readonly #config: Config;
@@ -37,19 +110,30 @@ export class TaskService {
   #gateways: RegistryWatch | undefined;
   #addresses = new Map<string, string>();
   #started = false;
+  /** Resolved when the consumer is asked to stop: batches then stop waiting for back-pressure. */
+  readonly #stopping: Promise<void>;
+  #stop!: () => void;
+  /** Pushes skipped in a row because route lookups fell behind (one warning per run of them). */
+  #skipped = 0;
 
   constructor(config: Config, deps: TaskDeps) {
     this.#config = config;
     this.#d = deps;
     this.#channels = new Channels({ timeoutMs: 5_000, secret: config.internalSecret });
+    this.#stopping = new Promise((resolve) => (this.#stop = resolve));
     deps.metrics.gauge("resonance_consumer_ack_pending", "Queue events delivered and not yet acked", async () => (await deps.queue.consumer.pending()).ackPending);
     deps.metrics.gauge("resonance_consumer_lag", "Queue events waiting to be delivered", async () => (await deps.queue.consumer.pending()).waiting);
+    deps.metrics.gauge("resonance_pushes_queued", "Pushes waiting for their gateway", () => {
+      let n = 0;
+      for (const p of this.#pushers.values()) n += p.queued;
+      return n;
+    });
   }
 
   async start(): Promise<void> {
     this.#gateways = await this.#d.registry.watch("gateway", (entries) => this.#setGateways(entries));
     this.#setGateways(this.#gateways.entries());
-    await this.#d.queue.consumer.consume((ev) => this.#handle(ev), this.#config.task.concurrency);
+    await this.#d.queue.consumer.consumeBatches((events) => this.#handleBatch(events), taskBatching(this.#config.task.concurrency));
     this.#started = true;
   }
 
@@ -66,38 +150,123 @@ export class TaskService {
     this.#addresses = live;
   }
 
-  async #handle(ev: DeliveredEvent): Promise<void> {
-    let event: PushEvent;
+  /**
+   * One batch: poison events go to the dead letters alone; the rest get their inbox rows, their
+   * pushes queued right after each commit, then one ack pass. Events it cannot settle are left
+   * to the consumer, which naks them.
+   */
+  async #handleBatch(batch: readonly DeliveredEvent[]): Promise<void> {
+    const good: Decoded[] = [];
+    const dead: Array<Promise<void>> = [];
+    for (const delivered of batch) {
+      const event = decodeEvent(delivered.data);
+      if (typeof event === "string") dead.push(this.#deadLetter(delivered, event));
+      else good.push({ delivered, event });
+    }
     try {
-      event = fromBinary(PushEventSchema, ev.data);
-      if (!event.sessionId || event.msgId === 0n) throw new Error("event without session or msg_id");
+      if (good.length > 0) await this.#deliver(good);
+    } finally {
+      await Promise.all(dead);
+    }
+  }
+
+  /** Moves an event that can never be handled to the dead-letter subject; if that fails, it stays unsettled (nak'd). Never rejects. */
+  async #deadLetter(delivered: DeliveredEvent, reason: string): Promise<void> {
+    try {
+      await delivered.deadLetter(reason);
     } catch (err) {
-      this.#d.log.error({ err, id: ev.id }, "undecodable event moved to the dead-letter subject");
-      this.#d.metrics.eventsHandled.inc({ outcome: "dead-letter" });
-      await ev.deadLetter(err instanceof Error ? err.message : String(err));
+      this.#d.log.warn({ err, id: delivered.id }, "moving an event to the dead-letter subject failed; it will come back");
       return;
     }
-    const keepAlive = setInterval(() => ev.working(), Math.max(1_000, this.#config.task.ackWaitMs / 3));
+    this.#d.log.error({ id: delivered.id, reason }, "undecodable event moved to the dead-letter subject");
+    this.#d.metrics.eventsHandled.inc({ outcome: "dead-letter" });
+  }
+
+  async #deliver(events: readonly Decoded[]): Promise<void> {
+    const keepAlive = setInterval(() => {
+      for (const e of events) e.delivered.working();
+    }, Math.max(1_000, this.#config.task.ackWaitMs / 3));
     try {
-      const members = await this.#writeInbox(event);
+      const written = await this.#writeInbox(events);
+      if (written.length === 0) return;
       await this.#d.faults.at("task.before-ack");
-      await ev.ack();
-      this.#d.metrics.eventsHandled.inc({ outcome: "acked" });
-      this.#track(this.#push(event, members));
+      await this.#d.queue.consumer.ackAll(written.map((e) => e.delivered));
+      this.#d.metrics.eventsHandled.inc({ outcome: "acked" }, written.length);
     } finally {
       clearInterval(keepAlive);
     }
+    // Back-pressure: while a gateway takes pushes slower than they come, this batch slot stays
+    // taken, so the task pulls fewer events (they wait, durable, in the queue) instead of piling
+    // up pushes in memory or dropping them. Not while stopping: the shutdown flushes them.
+    await Promise.race([Promise.all([...this.#pushers.values()].map((p) => p.room())), this.#stopping]);
   }
 
-  /** Inserts the inbox rows of every member (a redelivery inserts nothing); resolves with the members. */
-  async #writeInbox(e: PushEvent): Promise<string[]> {
-    const { rows } = await this.#d.storage.query<{ username: string }>(INBOX_INSERT, [e.sessionId, e.seqId.toString(), e.msgId.toString()]);
-    return rows.map((r) => r.username);
+  /**
+   * Writes the inbox rows of `events`, one statement per row cap's worth (usually one for the
+   * whole batch), queueing each statement's pushes as soon as it has committed. Resolves with the
+   * events written; those it could not write are nak'd with a back-off, or dead-lettered when the
+   * database refuses their data. Never rejects.
+   */
+  async #writeInbox(events: readonly Decoded[]): Promise<Decoded[]> {
+    const written: Decoded[] = [];
+    let rest = events;
+    while (rest.length > 0) {
+      let members: string[][];
+      try {
+        members = await writeInboxFront(this.#d.storage, rest.map((e) => e.event));
+      } catch (err) {
+        if (isDataError(err) && rest.length > 1) return [...written, ...(await this.#writeOneByOne(rest))];
+        this.#retryLater(rest, err);
+        return written;
+      }
+      const front = rest.slice(0, members.length);
+      rest = rest.slice(members.length);
+      written.push(...front);
+      this.#startPushes(front, members);
+    }
+    return written;
   }
 
+  /** After a data error in a batch statement: each event alone, so only the one at fault is dead-lettered. */
+  async #writeOneByOne(events: readonly Decoded[]): Promise<Decoded[]> {
+    const written: Decoded[] = [];
+    for (const [i, e] of events.entries()) {
+      try {
+        const members = await writeInboxFront(this.#d.storage, [e.event]);
+        written.push(e);
+        this.#startPushes([e], members);
+      } catch (err) {
+        if (isDataError(err)) {
+          await this.#deadLetter(e.delivered, `inbox refused the event: ${(err as Error).message}`);
+          continue;
+        }
+        this.#retryLater(events.slice(i), err);
+        break;
+      }
+    }
+    return written;
+  }
 
+  /** Hands events back with a back-off, so a database that is down is not hammered by instant redeliveries. */
+  #retryLater(events: readonly Decoded[], err: unknown): void {
+    this.#d.log.warn({ err, events: events.length }, "inbox write failed; events handed back for a later retry");
+    this.#d.metrics.eventsHandled.inc({ outcome: "retry" }, events.length);
+    for (const e of events) {
+      const backoff = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** Math.min(16, e.delivered.deliveryCount - 1));
+      e.delivered.nak(backoff);
+    }
+  }
 
-  #track(p: Promise<void>): void {
+  /** Starts the pushes of a statement's events, unless too many route lookups are pending already. */
+  #startPushes(events: readonly Decoded[], members: readonly string[][]): void {
+    if (this.#pushes.size >= MAX_LOOKUPS_PENDING) {
+      this.#d.metrics.pushes.inc({ outcome: "skipped" }, events.length);
+      this.#skipped += events.length;
+      if (this.#skipped === events.length) this.#d.log.warn({ pending: this.#pushes.size }, "route lookups fall behind; pushes skipped, recipients will catch up from their inbox");
+      return;
+    }
+    this.#skipped = 0;
+    const p = this.#push(events, members);
     this.#pushes.add(p);
     void p.finally(() => this.#pushes.delete(p));
   }
@@ -105,49 +274,47 @@ export class TaskService {
   #pusher(address: string): GatewayPusher {
     let p = this.#pushers.get(address);
     if (!p) {
-      p = new GatewayPusher(address, this.#channels, this.#d.metrics, this.#d.log);
+      const client = this.#d.pushClient ? () => this.#d.pushClient!(address) : () => this.#channels.client(PushService, address);
+      p = new GatewayPusher(address, client, this.#d.metrics, this.#d.log);
       this.#pushers.set(address, p);
     }
     return p;
   }
 
-  /** One route lookup for all members, then the message is queued for each gateway. Never rejects. */
-  async #push(e: PushEvent, members: string[]): Promise<void> {
+  /** One route lookup for every recipient of `events` (members[i] are event i's), then each message is queued for its gateways. Never rejects. */
+  async #push(events: readonly Decoded[], members: readonly string[][]): Promise<void> {
     try {
-      const routes = await this.#d.routes.lookup(members);
-      const byGateway = new Map<string, string[]>();
-      for (const [user, gateways] of routes) {
-        for (const g of gateways) {
-          const list = byGateway.get(g);
-          if (list) list.push(user);
-          else byGateway.set(g, [user]);
+      const recipients = new Set<string>();
+      for (const list of members) for (const u of list) recipients.add(u);
+      if (recipients.size === 0) return;
+      const routes = await this.#d.routes.lookup([...recipients]);
+      if (routes.size === 0) return;
+      for (const [i, { event }] of events.entries()) {
+        const byGateway = new Map<string, string[]>();
+        for (const user of members[i]!) {
+          for (const g of routes.get(user) ?? []) {
+            const list = byGateway.get(g);
+            if (list) list.push(user);
+            else byGateway.set(g, [user]);
+          }
+        }
+        if (byGateway.size === 0) continue;
+        const message = toPushMessage(event);
+        for (const [gatewayId, users] of byGateway) {
+          const address = this.#addresses.get(gatewayId);
+          if (!address) this.#d.metrics.pushes.inc({ outcome: "gateway-gone" });
+          else this.#pusher(address).push(users, message);
         }
       }
-      if (byGateway.size === 0) return;
-      const message = create(PushMessageSchema, {
-        msgId: e.msgId,
-        seqId: e.seqId,
-        sessionId: e.sessionId,
-        fromUsername: e.fromUsername,
-        toUsername: e.toUsername,
-        content: e.content,
-        type: e.type,
-        timestamp: e.timestamp,
-        ...(e.type === "system" ? { sessionMeta: create(SessionMetaSchema, { name: e.sessionName, type: e.sessionType }) } : {}),
-      });
-      for (const [gatewayId, users] of byGateway) {
-        const address = this.#addresses.get(gatewayId);
-        if (!address) this.#d.metrics.pushes.inc({ outcome: "gateway-gone" });
-        else this.#pusher(address).push(users, message);
-      }
     } catch (err) {
-      this.#d.log.warn({ err, msgId: e.msgId.toString() }, "route lookup failed; recipients will catch up from their inbox");
+      this.#d.log.warn({ err, events: events.length }, "route lookup failed; recipients will catch up from their inbox");
     }
   }
 
-  /** Shutdown step: stops pulling, naks what was not started, finishes and acks the events in hand. */
+  /** Shutdown step: stops pulling, naks what was not started, finishes and acks the batches in hand. */
   async stopConsumer(): Promise<Record<string, number>> {
     if (!this.#started) return {};
+    this.#stop();
     const s = await this.#d.queue.consumer.stop();
     return { mqAcked: s.acked, mqNaked: s.naked };
   }
@@ -162,6 +329,7 @@ export class TaskService {
 
   /** Closes what this service opened (not its infrastructure); idempotent. */
   async close(): Promise<void> {
+    this.#stop();
     if (this.#started) await this.#d.queue.consumer.stop();
     await this.flushPushes();
     await this.#gateways?.close();

@@ -1,5 +1,6 @@
 import type { Logger } from "../../observability/log.js";
-import type { ConsumerStats, DeliveredEvent, EventConsumer, EventPublisher, OutgoingEvent, Queue } from "./types.js";
+import { batchLimits, oneByOne, runBatch, type SettleableEvent } from "./batches.js";
+import type { BatchHandler, BatchOptions, ConsumerStats, EventConsumer, EventPublisher, OutgoingEvent, Queue } from "./types.js";
 
 export interface EmbeddedQueueOptions {
   readonly log: Logger;
@@ -53,7 +54,12 @@ export class EmbeddedQueue implements Queue {
   readonly lost: Promise<Error> = new Promise<Error>(() => undefined);
   readonly publisher: EventPublisher = { publish: (events) => this.#publish(events) };
   readonly consumer: EventConsumer = {
-    consume: (handler, concurrency) => this.#consume(handler, concurrency),
+    consume: (handler, concurrency) => this.#consume(oneByOne(handler), { maxBatch: 1, inFlight: concurrency }),
+    consumeBatches: (handler, opts) => this.#consume(handler, opts),
+    // In process: an ack is done when it returns, there is nothing to confirm.
+    ackAll: async (events) => {
+      for (const e of events) await e.ack();
+    },
     stop: () => this.#stop(),
     stats: () => ({ ...this.#stats }),
     pending: async () => ({ ackPending: this.#inflight.size, waiting: this.#byId.size - this.#inflight.size }),
@@ -69,8 +75,12 @@ export class EmbeddedQueue implements Queue {
   readonly #acked = new Set<string>();
   readonly #deadLetters: DeadLetter[] = [];
   #state: State = "idle";
-  #handler: ((event: DeliveredEvent) => Promise<void>) | undefined;
-  #concurrency = 1;
+  /** Entries nak'd with a delay, waiting for their timer to queue them again. */
+  readonly #delayed = new Map<Entry, NodeJS.Timeout>();
+  #handler: BatchHandler | undefined;
+  #maxBatch = 1;
+  #inFlight = 1;
+  /** Batches running. */
   #running = 0;
   #idle: (() => void) | undefined;
   #pumpScheduled = false;
@@ -112,18 +122,22 @@ export class EmbeddedQueue implements Queue {
     return Promise.all(all).then(() => undefined);
   }
 
-  async #consume(handler: (event: DeliveredEvent) => Promise<void>, concurrency: number): Promise<void> {
+  async #consume(handler: BatchHandler, opts: BatchOptions): Promise<void> {
     if (this.#state === "closed") throw new Error("queue: closed");
     if (this.#state === "consuming" || this.#state === "stopping") throw new Error("queue: already consuming");
-    if (!Number.isInteger(concurrency) || concurrency < 1) throw new Error(`queue: invalid concurrency ${concurrency}`);
+    const { maxBatch, inFlight } = batchLimits(opts);
     this.#handler = handler;
-    this.#concurrency = concurrency;
+    this.#maxBatch = maxBatch;
+    this.#inFlight = inFlight;
     this.#state = "consuming";
     this.#stopping = undefined;
     this.#schedule();
   }
 
-  /** Pumps on a later turn, so a handler that naks in a loop cannot starve the event loop. */
+  /**
+   * Pumps on a later turn, so a handler that naks in a loop cannot starve the event loop, and
+   * events published in the same turn go out in one batch.
+   */
   #schedule(): void {
     if (this.#pumpScheduled) return;
     this.#pumpScheduled = true;
@@ -134,17 +148,31 @@ export class EmbeddedQueue implements Queue {
   }
 
   #pump(): void {
-    while (this.#state === "consuming" && this.#running < this.#concurrency && this.#waiting.length > 0) {
-      const entry = this.#waiting.shift()!;
-      if (!entry.done && !this.#inflight.has(entry)) this.#deliver(entry);
+    while (this.#state === "consuming" && this.#running < this.#inFlight && this.#waiting.length > 0) {
+      const batch: Entry[] = [];
+      while (batch.length < this.#maxBatch && this.#waiting.length > 0) {
+        const entry = this.#waiting.shift()!;
+        if (!entry.done && !this.#inflight.has(entry) && !batch.includes(entry)) batch.push(entry);
+      }
+      if (batch.length > 0) this.#deliver(batch);
     }
   }
 
-  #deliver(entry: Entry): void {
+  #deliver(entries: readonly Entry[]): void {
     const handler = this.#handler!;
+    this.#running++;
+    const events = entries.map((entry) => this.#event(entry));
+    void runBatch(handler, events, this.#log).then(() => {
+      this.#running--;
+      if (this.#running === 0) this.#idle?.();
+      this.#schedule();
+    });
+  }
+
+  /** One delivery of `entry`, redelivered if not settled within the ack wait (reset by `working()`). */
+  #event(entry: Entry): SettleableEvent {
     entry.deliveries++;
     this.#inflight.add(entry);
-    this.#running++;
     let settled = false;
     let expired = false;
     let timer: NodeJS.Timeout | undefined;
@@ -164,18 +192,21 @@ export class EmbeddedQueue implements Queue {
       clearTimeout(timer);
       return true;
     };
-    const event: DeliveredEvent = {
+    const event: SettleableEvent = {
       id: entry.id,
       data: entry.data,
       deliveryCount: entry.deliveries,
+      // An expired delivery is out of the handler's hands: it is being delivered again.
+      settled: () => settled || expired,
       // A late ack from an expired delivery still counts: the work was done.
       ack: async () => {
         if (settle()) this.#ackEntry(entry);
       },
-      nak: () => {
+      nak: (delayMs?: number) => {
         if (expired || !settle()) return;
         this.#stats.naked++;
-        this.#requeue(entry);
+        if (delayMs !== undefined && delayMs > 0) this.#requeueLater(entry, delayMs);
+        else this.#requeue(entry);
       },
       working: () => {
         if (!settled && !expired) arm();
@@ -189,20 +220,17 @@ export class EmbeddedQueue implements Queue {
       },
     };
     arm();
-    setImmediate(() => {
-      void (async () => {
-        try {
-          await handler(event);
-          if (!settled && !expired) this.#log.warn({ id: entry.id }, "handler returned without settling the event; nak'd");
-        } catch (err) {
-          if (!settled && !expired) this.#log.warn({ err, id: entry.id, deliveryCount: event.deliveryCount }, "handler failed; event nak'd");
-        }
-        event.nak();
-        this.#running--;
-        if (this.#running === 0) this.#idle?.();
-        this.#schedule();
-      })();
-    });
+    return event;
+  }
+
+  /** Out of flight now, queued again after `delayMs` (or handed back to its publishers if the consumer stops meanwhile). */
+  #requeueLater(entry: Entry, delayMs: number): void {
+    this.#inflight.delete(entry);
+    const timer = setTimeout(() => {
+      this.#delayed.delete(entry);
+      this.#requeue(entry);
+    }, delayMs);
+    this.#delayed.set(entry, timer);
   }
 
   #ackEntry(entry: Entry): void {
@@ -252,6 +280,12 @@ export class EmbeddedQueue implements Queue {
         this.#stats.naked++;
         this.#reject(entry, err);
       }
+      // Already counted as nak'd when they were handed back with a delay.
+      for (const [entry, timer] of this.#delayed) {
+        clearTimeout(timer);
+        this.#reject(entry, err);
+      }
+      this.#delayed.clear();
       if (this.#running > 0) await new Promise<void>((resolve) => (this.#idle = resolve));
       this.#idle = undefined;
       if (this.#state === "stopping") this.#state = "stopped";

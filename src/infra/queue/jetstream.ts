@@ -15,7 +15,8 @@ import {
 import { setTimeout as sleep } from "node:timers/promises";
 import { connect, headers, nanos, type NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "../../observability/log.js";
-import type { ConsumerStats, DeliveredEvent, EventConsumer, EventPublisher, OutgoingEvent, Queue } from "./types.js";
+import { batchLimits, oneByOne, runBatch, type SettleableEvent } from "./batches.js";
+import type { BatchHandler, BatchOptions, ConsumerStats, DeliveredEvent, EventConsumer, EventPublisher, OutgoingEvent, Queue } from "./types.js";
 
 export interface JetStreamQueueOptions {
   /** One NATS URL, or several separated by commas. */
@@ -30,6 +31,11 @@ export interface JetStreamQueueOptions {
   readonly subjects: { readonly push: string; readonly deadLetter: string };
   /** Delivered-but-unacked limit of the durable consumer, across all its instances (default 1000). */
   readonly maxAckPending?: number;
+  /**
+   * Lifetime of one pull request (default and minimum 1 s): stop() waits up to this long for the
+   * open requests to end. An event reaches an open request at once, whatever its lifetime.
+   */
+  readonly pullExpiresMs?: number;
 }
 
 /** Header carrying the reason on a dead-lettered event. */
@@ -39,17 +45,114 @@ export const DEAD_LETTER_ID_HEADER = "Resonance-Event-Id";
 
 const PUBLISH_WINDOW = 512;
 const DUPLICATE_WINDOW_MS = 120_000;
-/** Lifetime of one pull request: bounds how long stop() waits, and the idle polling rate. */
-const FETCH_EXPIRES_MS = 1_000;
+/** Default lifetime of one pull request: bounds how long stop() waits (the client's minimum). */
+const PULL_EXPIRES_MS = 1_000;
+/** Pull requests open at once: a second one keeps events flowing while the first refills. */
+const MAX_OPEN_PULLS = 2;
 
 interface Session {
+  readonly handler: BatchHandler;
+  readonly maxBatch: number;
+  readonly inFlight: number;
+  /** Most events delivered here and not settled: running, buffered and asked for. */
+  readonly capacity: number;
+  /** Fetched, not yet handed to the handler. */
+  readonly buffer: JsEvent[];
   readonly running: Set<Promise<void>>;
-  /** Interrupts the back-off between failed fetches. */
+  runningEvents: number;
+  /** Events asked for by the open pull requests and not yet received. */
+  requested: number;
+  failures: number;
+  dispatchScheduled: boolean;
+  /** Interrupts the back-off between failed pulls. */
   readonly abort: AbortController;
   stopping: boolean;
+  /** Wakes the pull loop when room may have grown. */
   wake: (() => void) | undefined;
   loop: Promise<void>;
   stopped?: Promise<ConsumerStats>;
+}
+
+/** What an event needs from its queue. */
+interface EventHooks {
+  readonly log: Logger;
+  acked(): void;
+  naked(): void;
+  deadLetter(js: JetStreamClient, id: string, data: Uint8Array, reason: string): Promise<void>;
+}
+
+/** A delivered JetStream message: the first of ack / nak / deadLetter settles it, later calls are no-ops. */
+class JsEvent implements SettleableEvent {
+  readonly data: Uint8Array;
+  readonly #msg: JsMsg;
+  readonly #js: JetStreamClient;
+  readonly #hooks: EventHooks;
+  #settled = false;
+  #id: string | undefined;
+
+  constructor(msg: JsMsg, js: JetStreamClient, hooks: EventHooks) {
+    this.#msg = msg;
+    this.#js = js;
+    this.#hooks = hooks;
+    this.data = msg.data;
+  }
+
+  // Read when asked: parsing the headers and the reply subject of every message is a visible
+  // share of the CPU per event, and the hot path needs neither.
+  get id(): string {
+    this.#id ??= this.#msg.headers?.get("Nats-Msg-Id") || `seq-${this.#msg.seq}`;
+    return this.#id;
+  }
+
+  get deliveryCount(): number {
+    return this.#msg.info.deliveryCount;
+  }
+
+  settled(): boolean {
+    return this.#settled;
+  }
+
+  async ack(): Promise<void> {
+    if (this.#settled) return;
+    this.#settled = true;
+    await this.#confirm();
+  }
+
+  /** Settles with a plain ack; a later ack-ack on the same connection confirms it (see ackAll). */
+  ackUnconfirmed(): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    this.#msg.ack();
+  }
+
+  nak(delayMs?: number): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    this.#msg.nak(delayMs !== undefined && delayMs > 0 ? Math.ceil(delayMs) : undefined);
+    this.#hooks.naked();
+  }
+
+  working(): void {
+    if (!this.#settled) this.#msg.working();
+  }
+
+  async deadLetter(reason: string): Promise<void> {
+    if (this.#settled) return;
+    this.#settled = true;
+    try {
+      await this.#hooks.deadLetter(this.#js, this.id, this.data, reason);
+    } catch (err) {
+      this.#settled = false; // not moved: let the caller (or the batch runner) nak it
+      throw err;
+    }
+    this.#hooks.log.error({ id: this.id, reason, deliveryCount: this.deliveryCount }, "event dead-lettered");
+    await this.#confirm();
+  }
+
+  async #confirm(): Promise<void> {
+    if (!(await this.#msg.ackAck())) throw new Error(`queue: ack of ${this.id} not confirmed`);
+    this.#hooks.acked();
+  }
 }
 
 /** The server list for messages: credentials in a URL never reach a log line or an error. */
@@ -72,7 +175,9 @@ export class JetStreamQueue implements Queue {
   readonly lost: Promise<Error>;
   readonly publisher: EventPublisher = { publish: (events) => this.#publish(events) };
   readonly consumer: EventConsumer = {
-    consume: (handler, concurrency) => this.#consume(handler, concurrency),
+    consume: (handler, concurrency) => this.#consume(oneByOne(handler), { maxBatch: 1, inFlight: concurrency }),
+    consumeBatches: (handler, opts) => this.#consume(handler, opts),
+    ackAll: (events) => this.#ackAll(events),
     stop: () => this.#stop(),
     stats: () => ({ ...this.#stats }),
     pending: () => this.#pending(),
@@ -80,6 +185,8 @@ export class JetStreamQueue implements Queue {
   readonly #opts: JetStreamQueueOptions;
   readonly #log: Logger;
   readonly #stats: ConsumerStats = { acked: 0, naked: 0 };
+  readonly #pullExpiresMs: number;
+  readonly #hooks: EventHooks;
   #resolveLost!: (err: Error) => void;
   #nc: NatsConnection | undefined;
   #js: JetStreamClient | undefined;
@@ -92,6 +199,13 @@ export class JetStreamQueue implements Queue {
   constructor(opts: JetStreamQueueOptions) {
     this.#opts = opts;
     this.#log = opts.log.child({ component: "queue", kind: "jetstream", stream: opts.stream });
+    this.#pullExpiresMs = Math.max(PULL_EXPIRES_MS, opts.pullExpiresMs ?? PULL_EXPIRES_MS);
+    this.#hooks = {
+      log: this.#log,
+      acked: () => this.#stats.acked++,
+      naked: () => this.#stats.naked++,
+      deadLetter: (js, id, data, reason) => this.#publishDeadLetter(js, id, data, reason),
+    };
     this.lost = new Promise((resolve) => (this.#resolveLost = resolve));
   }
 
@@ -106,7 +220,9 @@ export class JetStreamQueue implements Queue {
     const servers = this.#opts.natsUrl.split(",").map((s) => s.trim()).filter(Boolean);
     let nc: NatsConnection;
     try {
-      nc = await connect({ servers, name: this.#opts.name, maxReconnectAttempts: -1, reconnectTimeWait: 1_000 });
+      // noAsyncTraces: every request (a publish, an ack-ack) would otherwise capture a stack trace
+      // up front, in case it fails — a measurable share of the CPU per event.
+      nc = await connect({ servers, name: this.#opts.name, maxReconnectAttempts: -1, reconnectTimeWait: 1_000, noAsyncTraces: true });
     } catch (err) {
       throw new Error(`queue: cannot connect to NATS at ${describeServers(servers)}: ${(err as Error).message}`, { cause: err });
     }
@@ -206,139 +322,150 @@ export class JetStreamQueue implements Queue {
     await Promise.all(Array.from({ length: Math.min(PUBLISH_WINDOW, events.length) }, worker));
   }
 
-  async #consume(handler: (event: DeliveredEvent) => Promise<void>, concurrency: number): Promise<void> {
+  async #consume(handler: BatchHandler, opts: BatchOptions): Promise<void> {
     const js = this.#client();
     if (this.#session) throw new Error("queue: already consuming");
-    if (!Number.isInteger(concurrency) || concurrency < 1) throw new Error(`queue: invalid concurrency ${concurrency}`);
+    const { maxBatch, inFlight } = batchLimits(opts);
     const consumer = await js.consumers.get(this.#opts.stream, this.#opts.durable);
-    const session: Session = { running: new Set(), stopping: false, wake: undefined, abort: new AbortController(), loop: Promise.resolve() };
+    const session: Session = {
+      handler,
+      maxBatch,
+      inFlight,
+      capacity: maxBatch * (inFlight + 1),
+      buffer: [],
+      running: new Set(),
+      runningEvents: 0,
+      requested: 0,
+      failures: 0,
+      dispatchScheduled: false,
+      stopping: false,
+      wake: undefined,
+      abort: new AbortController(),
+      loop: Promise.resolve(),
+    };
     this.#session = session;
-    session.loop = this.#loop(session, consumer, js, handler, concurrency);
-    this.#log.info({ durable: this.#opts.durable, concurrency }, "consuming");
+    session.loop = this.#pullLoop(session, consumer, js);
+    this.#log.info({ durable: this.#opts.durable, maxBatch, inFlight }, "consuming");
   }
 
-  /** Resolves when fewer than `concurrency` handlers run, or at stop. */
-  async #slot(session: Session, concurrency: number): Promise<void> {
-    while (session.running.size >= concurrency && !session.stopping) {
-      await new Promise<void>((resolve) => (session.wake = resolve));
-    }
+  /** Events this consumer may still ask the server for: room left under its capacity. */
+  #room(session: Session): number {
+    return session.capacity - session.buffer.length - session.runningEvents - session.requested;
   }
 
   /**
-   * Fetch loop rather than `consume()`: a fetch is one pull request that ends by itself (batch
-   * filled or {@link FETCH_EXPIRES_MS} passed), and stop() lets the current one end while naking
-   * what it brings. Closing a subscription with a pull request still open would strand the
-   * messages the server is sending until their ack wait runs out.
+   * Keeps pull requests open — one whenever there is room, a second when a sizeable share of the
+   * capacity is free again — so the server sends an event to an idle consumer the moment it is
+   * published, and a busy one is never left waiting for its next request. A request (a `fetch`)
+   * ends by itself (its count filled, or {@link JetStreamQueueOptions.pullExpiresMs} passed); the
+   * loop then opens the next. Closing a subscription with a request still open would strand the
+   * events the server is sending until their ack wait runs out, so stop() lets the open requests
+   * end and naks what they still bring.
    */
-  async #loop(
-    session: Session,
-    consumer: Consumer,
-    js: JetStreamClient,
-    handler: (event: DeliveredEvent) => Promise<void>,
-    concurrency: number,
-  ): Promise<void> {
-    let failures = 0;
-    while (!session.stopping) {
-      await this.#slot(session, concurrency);
-      if (session.stopping) break;
-      try {
-        // Up to `concurrency` more than run now wait here, fetched but not started.
-        const batch = 2 * concurrency - session.running.size;
-        const messages = await consumer.fetch({ max_messages: batch, expires: FETCH_EXPIRES_MS });
-        for await (const msg of messages) {
-          await this.#slot(session, concurrency);
-          if (session.stopping) {
-            msg.nak();
-            this.#stats.naked++;
-            continue;
-          }
-          const run = this.#handle(this.#wrap(msg, js), handler).finally(() => {
-            session.running.delete(run);
-            session.wake?.();
-          });
-          session.running.add(run);
-        }
-        failures = 0;
-      } catch (err) {
-        if (session.stopping) break;
-        if (this.#nc?.isClosed()) {
-          this.#log.error({ err }, "NATS connection closed; no longer consuming");
-          break;
-        }
-        failures++;
-        this.#log.warn({ err, failures }, "fetching from JetStream failed; retrying");
-        await sleep(Math.min(500 * failures, 5_000), undefined, { signal: session.abort.signal }).catch(() => undefined);
+  async #pullLoop(session: Session, consumer: Consumer, js: JetStreamClient): Promise<void> {
+    const open = new Set<Promise<void>>();
+    const topUp = Math.max(1, Math.ceil(session.capacity / 4));
+    while (!session.stopping && !this.#nc?.isClosed()) {
+      const room = this.#room(session);
+      const wanted = open.size === 0 ? room >= 1 : open.size < MAX_OPEN_PULLS && room >= topUp;
+      if (!wanted) {
+        await new Promise<void>((resolve) => (session.wake = resolve));
+        session.wake = undefined;
+        continue;
       }
+      session.requested += room;
+      const pull: Promise<void> = this.#pull(session, consumer, js, room).finally(() => {
+        open.delete(pull);
+        session.wake?.();
+      });
+      open.add(pull);
     }
+    await Promise.all(open);
   }
 
-  /** Runs the handler; an event it leaves unsettled (by throwing or not) is nak'd. Never rejects. */
-  async #handle(event: DeliveredEvent & { settled(): boolean }, handler: (event: DeliveredEvent) => Promise<void>): Promise<void> {
+  /** One pull request for `count` events: each arriving event joins the buffer (or is nak'd while stopping). Never rejects. */
+  async #pull(session: Session, consumer: Consumer, js: JetStreamClient, count: number): Promise<void> {
+    let received = 0;
     try {
-      await handler(event);
-    } catch (err) {
-      if (!event.settled()) {
-        this.#log.warn({ err, id: event.id, deliveryCount: event.deliveryCount }, "handler failed; event nak'd");
-        event.nak();
-      }
-      return;
-    }
-    if (!event.settled()) {
-      this.#log.warn({ id: event.id }, "handler returned without settling the event; nak'd");
-      event.nak();
-    }
-  }
-
-  /** The event handed to the handler: the first of ack / nak / deadLetter settles it, later calls are no-ops. */
-  #wrap(msg: JsMsg, js: JetStreamClient): DeliveredEvent & { settled(): boolean } {
-    let settled = false;
-    const id = msg.headers?.get("Nats-Msg-Id") || `seq-${msg.seq}`;
-    const ackAck = async (): Promise<void> => {
-      if (!(await msg.ackAck())) throw new Error(`queue: ack of ${id} not confirmed`);
-      this.#stats.acked++;
-    };
-    return {
-      id,
-      data: msg.data,
-      deliveryCount: msg.info.deliveryCount,
-      settled: () => settled,
-      ack: async () => {
-        if (settled) return;
-        settled = true;
-        await ackAck();
-      },
-      nak: () => {
-        if (settled) return;
-        settled = true;
-        msg.nak();
-        this.#stats.naked++;
-      },
-      working: () => {
-        if (!settled) msg.working();
-      },
-      deadLetter: async (reason: string) => {
-        if (settled) return;
-        settled = true;
-        try {
-          const h = headers();
-          h.set(DEAD_LETTER_REASON_HEADER, reason.replace(/[\r\n]+/g, " ").slice(0, 1024));
-          h.set(DEAD_LETTER_ID_HEADER, id);
-          // Its own msgID: dedup is per stream, and the event's id is already in the window.
-          await js.publish(this.#opts.subjects.deadLetter, msg.data, { msgID: `dead.${id}`, headers: h });
-        } catch (err) {
-          settled = false; // not moved: let the caller (or the handler wrapper) nak it
-          throw err;
+      const messages = await consumer.fetch({ max_messages: count, expires: this.#pullExpiresMs });
+      for await (const msg of messages) {
+        received++;
+        session.requested--;
+        if (session.stopping) {
+          msg.nak();
+          this.#stats.naked++;
+          continue;
         }
-        this.#log.error({ id, reason, deliveryCount: msg.info.deliveryCount }, "event dead-lettered");
-        await ackAck();
-      },
-    };
+        session.buffer.push(new JsEvent(msg, js, this.#hooks));
+        this.#scheduleDispatch(session);
+      }
+      session.failures = 0;
+    } catch (err) {
+      if (session.stopping) return;
+      if (this.#nc?.isClosed()) {
+        this.#log.error({ err }, "NATS connection closed; no longer consuming");
+        return;
+      }
+      session.failures++;
+      this.#log.warn({ err, failures: session.failures }, "pulling from JetStream failed; retrying");
+      await sleep(Math.min(500 * session.failures, 5_000), undefined, { signal: session.abort.signal }).catch(() => undefined);
+    } finally {
+      session.requested -= count - received;
+    }
   }
 
   /**
-   * Stops pulling, naks what was fetched but not started (including what the open pull request
-   * still brings, so it may take up to {@link FETCH_EXPIRES_MS}), awaits running handlers — a
-   * handler that never returns keeps it pending, so bound it with the shutdown deadline. Idempotent.
+   * Dispatches on the next turn rather than per arriving event, so the events of one socket read
+   * (a burst) go out together; on an idle consumer that adds no measurable delay.
+   */
+  #scheduleDispatch(session: Session): void {
+    if (session.dispatchScheduled) return;
+    session.dispatchScheduled = true;
+    setImmediate(() => {
+      session.dispatchScheduled = false;
+      this.#dispatch(session);
+    });
+  }
+
+  /** Starts batches from the buffer while fewer than `inFlight` run. */
+  #dispatch(session: Session): void {
+    while (!session.stopping && session.running.size < session.inFlight && session.buffer.length > 0) {
+      const batch = session.buffer.splice(0, session.maxBatch);
+      session.runningEvents += batch.length;
+      const run: Promise<void> = runBatch(session.handler, batch, this.#log).finally(() => {
+        session.running.delete(run);
+        session.runningEvents -= batch.length;
+        this.#dispatch(session);
+        session.wake?.();
+      });
+      session.running.add(run);
+    }
+  }
+
+  /** Plain acks for all but the last event, an ack-ack for the last: see {@link EventConsumer.ackAll}. */
+  async #ackAll(events: readonly DeliveredEvent[]): Promise<void> {
+    const mine = events.filter((e): e is JsEvent => e instanceof JsEvent && !e.settled());
+    const last = mine.pop();
+    if (!last) return;
+    for (const e of mine) e.ackUnconfirmed();
+    await last.ack();
+    // The server answers an ack-ack after the acks this connection sent before it.
+    this.#stats.acked += mine.length;
+  }
+
+  /** Moves `data` to the dead-letter subject with the reason and the original id. */
+  async #publishDeadLetter(js: JetStreamClient, id: string, data: Uint8Array, reason: string): Promise<void> {
+    const h = headers();
+    h.set(DEAD_LETTER_REASON_HEADER, reason.replace(/[\r\n]+/g, " ").slice(0, 1024));
+    h.set(DEAD_LETTER_ID_HEADER, id);
+    // Its own msgID: dedup is per stream, and the event's id is already in the window.
+    await js.publish(this.#opts.subjects.deadLetter, data, { msgID: `dead.${id}`, headers: h });
+  }
+
+  /**
+   * Stops pulling, naks what was fetched but not started (including what the open pull requests
+   * still bring, so it may take up to the pull lifetime), awaits running handlers — a handler
+   * that never returns keeps it pending, so bound it with the shutdown deadline. Idempotent.
    */
   #stop(): Promise<ConsumerStats> {
     const session = this.#session;
@@ -347,7 +474,8 @@ export class JetStreamQueue implements Queue {
       session.stopping = true;
       session.abort.abort();
       session.wake?.();
-      // The current fetch ends within FETCH_EXPIRES_MS; the loop naks what it still brings.
+      for (const e of session.buffer.splice(0)) e.nak();
+      // The open pull requests end within the pull lifetime; #pull naks what they still bring.
       await session.loop;
       await Promise.allSettled([...session.running]);
       if (this.#session === session) this.#session = undefined;

@@ -22,8 +22,11 @@ export interface DeliveredEvent {
   readonly deliveryCount: number;
   /** Acknowledges and waits for the server's confirmation (ack-ack). */
   ack(): Promise<void>;
-  /** Hands the event back for immediate redelivery (to this or another consumer). */
-  nak(): void;
+  /**
+   * Hands the event back for redelivery (to this or another consumer): at once, or after
+   * `delayMs` (a back-off for an event whose handling failed for a reason that may pass).
+   */
+  nak(delayMs?: number): void;
   /** Tells the server the handler is still working, so it is not redelivered meanwhile. */
   working(): void;
   /** Moves an event that can never be handled to the dead-letter subject, then acks it. */
@@ -37,13 +40,42 @@ export interface ConsumerStats {
   naked: number;
 }
 
+export interface BatchOptions {
+  /** Most events handed to the handler in one call (≥ 1). */
+  readonly maxBatch: number;
+  /** Most handler calls running at once (≥ 1, default 1). */
+  readonly inFlight?: number;
+}
+
+/** A handler of a batch: it settles each event on its own (ack / nak / deadLetter, or {@link EventConsumer.ackAll}). */
+export type BatchHandler = (events: readonly DeliveredEvent[]) => Promise<void>;
+
 /** A durable consumer with explicit ack. */
 export interface EventConsumer {
   /**
    * Starts delivering events to `handler`, at most `concurrency` at once. The handler settles each
    * event (ack/nak/deadLetter); if it throws, the event is nak'd. Resolves once consuming has begun.
+   * The same as {@link consumeBatches} with batches of one and `concurrency` of them in flight.
    */
   consume(handler: (event: DeliveredEvent) => Promise<void>, concurrency: number): Promise<void>;
+  /**
+   * Starts delivering events in batches: whatever arrived while the previous batches ran, up to
+   * `maxBatch` per call, at most `inFlight` calls at once; an event arriving while a call slot is
+   * free goes out at once, without waiting for company. Each event is settled on its own; the
+   * events a handler leaves unsettled — because it threw or returned — are nak'd, one by one, so a
+   * poison event can be dead-lettered alone while the rest of its batch is acked. At most
+   * `maxBatch × (inFlight + 1)` events are delivered to this consumer and not yet settled (the
+   * ones beyond those running wait here, fetched but not started). Resolves once consuming has begun.
+   */
+  consumeBatches(handler: BatchHandler, opts: BatchOptions): Promise<void>;
+  /**
+   * Acks every event of `events` not settled yet, with one confirmation: resolves once the server
+   * has confirmed all of them (JetStream: plain acks, then one ack-ack on the same connection,
+   * which the server answers only after the acks before it). Rejects if the confirmation fails —
+   * the events count as settled either way, and any ack that did not land brings its event back
+   * after the ack wait, which the handler must absorb (it does: handling is idempotent).
+   */
+  ackAll(events: readonly DeliveredEvent[]): Promise<void>;
   /**
    * Stops pulling; events fetched but not yet handed to the handler are nak'd; resolves when the
    * running handlers have finished. Idempotent.
