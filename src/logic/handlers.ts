@@ -92,14 +92,14 @@ export function logicRoutes(d: HandlerDeps) {
         if (req.type === SESSION_SINGLE) {
           if (others.length !== 1) invalid("a single chat has exactly one other member");
           const id = singleChatId(creator, others[0]!);
-          const r = await d.store.createSession(id, "", SESSION_SINGLE, creator, others, `${creator} started a chat`);
+          const r = await d.store.createSession(id, "", SESSION_SINGLE, creator, others, (nickname) => `${nickname} started a chat`);
           if (r.created) d.onCommit();
           return { sessionId: r.sessionId };
         }
         if (req.type !== SESSION_GROUP) invalid("type must be 1 (single) or 2 (group)");
         if (others.length + 1 > MAX_GROUP_MEMBERS) invalid(`a group has at most ${MAX_GROUP_MEMBERS} members`);
         const name = req.name.trim().slice(0, 64) || [creator, ...others].join(", ").slice(0, 64);
-        const r = await d.store.createSession(undefined, name, SESSION_GROUP, creator, others, `${creator} created the group "${name}"`);
+        const r = await d.store.createSession(undefined, name, SESSION_GROUP, creator, others, (nickname) => `${nickname} created the group "${name}"`);
         d.onCommit();
         return { sessionId: r.sessionId };
       },
