@@ -167,7 +167,9 @@ export async function runCluster(config: Config, opts: ClusterOptions): Promise<
   }
   const width = Math.max(...members.map((m) => m.name.length));
   for (const m of members) {
-    const proc = spawn(process.execPath, [cli, m.role], { cwd: ROOT, env: { ...base, ...m.env }, stdio: ["ignore", "pipe", "pipe"] });
+    // A process group of its own: a terminal's Ctrl-C reaches this supervisor only, which then
+    // signals each process once (a second signal would make it exit at once).
+    const proc = spawn(process.execPath, [cli, m.role], { cwd: ROOT, env: { ...base, ...m.env }, stdio: ["ignore", "pipe", "pipe"], detached: true });
     prefixLines(proc.stdout!, `[${m.name.padEnd(width)}] `, opts.out);
     prefixLines(proc.stderr!, `[${m.name.padEnd(width)}] `, opts.out);
     m.proc = proc;
@@ -178,11 +180,14 @@ export async function runCluster(config: Config, opts: ClusterOptions): Promise<
   const stopAll = (signal: NodeJS.Signals) => {
     for (const m of members) if (m.proc && m.proc.exitCode === null && m.proc.signalCode === null) m.proc.kill(signal);
   };
-  let presses = 0;
+  let firstStop: number | undefined;
   const onStop = () => {
     stopping = true;
-    // A second Ctrl-C ends them at once.
-    stopAll(++presses > 1 ? "SIGKILL" : "SIGTERM");
+    // A second Ctrl-C ends them at once; a copy of the first (npx passes signals on) does not.
+    if (firstStop === undefined) {
+      firstStop = Date.now();
+      stopAll("SIGTERM");
+    } else if (Date.now() - firstStop > 1_000) stopAll("SIGKILL");
   };
   if (opts.signal) opts.signal.addEventListener("abort", onStop, { once: true });
   else {

@@ -78,7 +78,8 @@ export class GatewayService {
       logic.setInstances(this.#watch.entries());
     }
     readiness?.setAddresses(c.logicAddresses.length > 0 ? c.logicAddresses : (this.#watch?.entries() ?? []).map((e) => e.address));
-    readiness?.start();
+    // Ready (or not, and why) from the first moment: the first probe is awaited (each call is bounded).
+    await readiness?.start();
     const presence: PresenceReporter = new PresenceReporter(
       logic,
       c.instanceId,

@@ -55,10 +55,10 @@ export class LogicReadiness {
     void this.check();
   }
 
-  /** Starts the periodic probe. */
-  start(): void {
+  /** Starts the periodic probe; resolves when the first probe is done (never rejects). */
+  start(): Promise<void> {
     this.#stopped = false;
-    void this.check();
+    return this.check();
   }
 
   /** Probes now (a probe in flight is followed by one more). Resolves when done; never rejects. */
