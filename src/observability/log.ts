@@ -42,13 +42,15 @@ export function createLogger(service: string, instance: string, level: string, o
 }
 
 /**
- * A destination that prints each line as `[12:00:01] INFO: message {"key":"value"}` (pino-pretty,
- * in this thread, written synchronously so nothing is lost at exit). Resolves once the formatter
+ * A destination that prints each line to `output` (default stdout) as
+ * `[12:00:01] INFO: message {"key":"value"}` (pino-pretty, in this thread, written synchronously
+ * so nothing is lost at exit). Resolves once the formatter
  * is loaded; rejects only if it is not installed.
  */
-export async function prettyDestination(colorize: boolean): Promise<DestinationStream> {
+export async function prettyDestination(colorize: boolean, output: NodeJS.WritableStream | number = 1): Promise<DestinationStream> {
   const { default: pretty } = await import("pino-pretty");
   return pretty({
+    destination: output,
     colorize,
     singleLine: true,
     sync: true,
