@@ -56,7 +56,7 @@ export async function prettyDestination(colorize: boolean, output: NodeJS.Writab
     sync: true,
     translateTime: "SYS:HH:MM:ss",
     // The process and host are the reader's own; the shutdown report gets a table of its own.
-    ignore: "pid,hostname,service,instance,report",
+    ignore: "pid,hostname,service,instance,report,part,component",
   });
 }
 
