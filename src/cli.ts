@@ -139,11 +139,16 @@ async function runMigrate(config: Config): Promise<void> {
   }
 }
 
+/** Never fails `npm install`: without a template the first start initializes its database in place. */
 async function runSetup(config: Config): Promise<void> {
   const log = await createCliLogger(config, "setup");
   const { defaultTemplateCache, ensureTemplate } = await import("./infra/storage/pglite.js");
-  const dir = await ensureTemplate(defaultTemplateCache(), log);
-  log.info({ template: dir }, "setup done: the CLI is compiled and the embedded database template is ready");
+  try {
+    const dir = await ensureTemplate(defaultTemplateCache(), log);
+    log.info({ template: dir }, "setup done: the CLI is compiled and the embedded database template is ready");
+  } catch (err) {
+    log.warn({ err }, "no embedded database template (a new data directory will be initialized when it is first used, ~10 s)");
+  }
 }
 
 /** What a person needs after the start: where to connect, and how to chat. */
@@ -171,6 +176,7 @@ function banner(app: App, role: Role, pretty: boolean): void {
       `  Health      ${health}   metrics: /metrics`,
       `  Chat        in another terminal: ${chat}`,
       `  Stop        Ctrl-C (graceful; a second Ctrl-C exits at once)`,
+      ...(app.gateway?.notReadyReason ? [`  Not ready   ${app.gateway.notReadyReason}`] : []),
       "",
       "",
     ].join("\n"),
