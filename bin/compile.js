@@ -3,8 +3,8 @@
 // thread of their own) and a few hundred milliseconds per start; compiled files cost neither.
 //
 // The output is a cache, never committed: node_modules/.cache/resonance/cli-<hash>/, one file
-// per source file, same layout as src/. <hash> covers every source file, the compiler version and
-// this file's settings, so an edit to src/ makes the next start compile again (~0.1-0.3 s).
+// per source file, same layout as src/. <hash> covers every source file, tsconfig.json, the
+// compiler version and this file's settings, so an edit to src/ makes the next start compile again (~0.1-0.3 s).
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join, relative } from "node:path";
@@ -40,23 +40,23 @@ export async function compiledEntry(root, entry) {
     const srcDir = join(root, "src");
     const files = sources(srcDir);
     const esbuildPkg = JSON.parse(readFileSync(join(root, "node_modules", "esbuild", "package.json"), "utf8"));
-    const hash = createHash("sha256").update(`${SETTINGS_VERSION}\0${esbuildPkg.version}\0${process.versions.node.split(".")[0]}\0`);
+    const tsconfig = readFileSync(join(root, "tsconfig.json"), "utf8");
+    const hash = createHash("sha256").update(`${SETTINGS_VERSION}\0${esbuildPkg.version}\0${process.versions.node.split(".")[0]}\0${tsconfig}\0`);
     const contents = files.map((f) => readFileSync(f, "utf8"));
     files.forEach((f, i) => hash.update(`${relative(srcDir, f)}\0${contents[i]}\0`));
     const cacheDir = join(root, "node_modules", ".cache", "resonance");
     const outDir = join(cacheDir, `cli-${hash.digest("hex").slice(0, 16)}`);
     const target = join(outDir, entry.replace(/\.ts$/, ".js"));
     if (existsSync(join(outDir, ".complete"))) return target;
-    await build(root, srcDir, files, contents, cacheDir, outDir);
+    await build(JSON.parse(tsconfig), srcDir, files, contents, cacheDir, outDir);
     return target;
   } catch {
     return undefined;
   }
 }
 
-async function build(root, srcDir, files, contents, cacheDir, outDir) {
+async function build(tsconfig, srcDir, files, contents, cacheDir, outDir) {
   const { transform } = await import("esbuild");
-  const tsconfig = JSON.parse(readFileSync(join(root, "tsconfig.json"), "utf8"));
   // Built aside and renamed into place: processes starting at the same time never see half a tree.
   const tmp = `${outDir}.tmp-${process.pid}-${Date.now()}`;
   try {
