@@ -183,7 +183,9 @@ export class App {
       this.task = await this.#open("task", new TaskService(c, { ...deps, ...data! }));
     }
     if (r === "gateway" || r === "all") {
-      this.gateway = await this.#open("gateway", new GatewayService(c, deps));
+      this.gateway = await this.#open("gateway", new GatewayService(c, { ...deps, probeLogic: r === "gateway" }));
+      const gateway = this.gateway;
+      this.#health?.addCheck(() => gateway.notReadyReason);
     }
   }
 

@@ -121,7 +121,7 @@ describe.each(modes)("public API (%s)", (mode) => {
     const list = await b.getSessionList({});
     const single = list.sessions.find((s) => s.sessionId === "single:alice:bob")!;
     expect(single.unreadCount).toBe(1n);
-    expect(single.name).toBe("alice");
+    expect(single.name).toBe("Alice"); // The other member's nickname, as the Go system shows it.
     expect((await b.updateReadPosition({ sessionId: single.sessionId, seqId: 1n })).unreadCount).toBe(0n);
     expect((await b.updateReadPosition({ sessionId: single.sessionId, seqId: 0n })).unreadCount).toBe(0n);
     const after = await b.getSessionList({});

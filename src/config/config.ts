@@ -58,6 +58,7 @@ const schema = z.object({
   RESONANCE_DRAIN_DELAY: duration.default(0),
   RESONANCE_WS_DRAIN_WINDOW: duration.default(5_000),
   RESONANCE_LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+  RESONANCE_LOG_FORMAT: z.enum(["auto", "json", "pretty"]).default("auto"),
   RESONANCE_MAX_FRAME_BYTES: bytes.default(64 * 1024),
   RESONANCE_MAX_CONTENT_CHARS: positiveInt.default(8000),
   RESONANCE_WS_SEND_QUEUE: positiveInt.default(1024),
@@ -104,6 +105,8 @@ export interface Config {
   readonly internalSecret: string | undefined;
   readonly instanceId: string;
   readonly logLevel: string;
+  /** `auto`: human lines when stdout is a terminal, JSON lines otherwise. */
+  readonly logFormat: "auto" | "json" | "pretty";
   readonly listen: {
     readonly host: string;
     readonly httpHost: string;
@@ -241,6 +244,7 @@ export function parseConfig(env: RawEnv): Config {
     internalSecret: e.RESONANCE_INTERNAL_SECRET,
     instanceId: e.RESONANCE_INSTANCE_ID ?? randomBytes(4).toString("hex"),
     logLevel: e.RESONANCE_LOG_LEVEL,
+    logFormat: e.RESONANCE_LOG_FORMAT,
     listen: Object.freeze({
       host,
       httpHost: e.RESONANCE_HTTP_HOST ?? host,

@@ -1,6 +1,7 @@
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import type { Config } from "../config/config.js";
 import { PushService } from "../gen/resonance/gateway/v1/gateway_pb.js";
+import { AuthService as LogicAuthService } from "../gen/resonance/logic/v1/logic_pb.js";
 import type { Registration, Registry, RegistryWatch } from "../infra/registry/types.js";
 import type { Logger } from "../observability/log.js";
 import type { Metrics } from "../observability/metrics.js";
@@ -10,6 +11,7 @@ import { TokenValidator } from "./auth-cache.js";
 import { ConnectionHub } from "./connections.js";
 import { PublicServer } from "./http-server.js";
 import { LogicClient } from "./logic-client.js";
+import { LogicReadiness, SECRET_MISMATCH_MESSAGE } from "./logic-readiness.js";
 import { PresenceReporter } from "./presence.js";
 import { publicRoutes } from "./public-api.js";
 
@@ -17,6 +19,8 @@ export interface GatewayDeps {
   readonly log: Logger;
   readonly metrics: Metrics;
   readonly registry: Registry;
+  /** Probe logic and be ready only while it answers (a gateway of its own; in `all` logic is in this process). */
+  readonly probeLogic?: boolean;
 }
 
 /**
@@ -33,6 +37,7 @@ export class GatewayService {
   #hub: ConnectionHub | undefined;
   #public: PublicServer | undefined;
   #push: RpcServer | undefined;
+  #readiness: LogicReadiness | undefined;
 
   constructor(config: Config, deps: GatewayDeps) {
     this.#config = config;
@@ -44,6 +49,11 @@ export class GatewayService {
     return this.#public?.port ?? this.#config.listen.httpPort;
   }
 
+  /** Why this gateway cannot serve now (logic unreachable, or refusing its secret), or undefined. */
+  get notReadyReason(): string | undefined {
+    return this.#readiness?.trouble?.detail;
+  }
+
   get pushPort(): number {
     return this.#push?.port ?? this.#config.listen.pushPort;
   }
@@ -52,10 +62,24 @@ export class GatewayService {
     const c = this.#config;
     const log = this.#d.log;
     const logic = new LogicClient(this.#channels, c.logicAddresses);
+    const readiness = this.#d.probeLogic
+      ? new LogicReadiness({
+          // Logic answers an empty token without touching its database; its secret check comes first.
+          probe: async (address) => void (await this.#channels.client(LogicAuthService, address).validateToken({ accessToken: "" }, { timeoutMs: 3_000 })),
+          log: log.child({ part: "logic-readiness" }),
+        })
+      : undefined;
+    this.#readiness = readiness;
     if (c.logicAddresses.length === 0) {
-      this.#watch = await this.#d.registry.watch("logic", (entries) => logic.setInstances(entries));
+      this.#watch = await this.#d.registry.watch("logic", (entries) => {
+        logic.setInstances(entries);
+        readiness?.setAddresses(entries.map((e) => e.address));
+      });
       logic.setInstances(this.#watch.entries());
     }
+    readiness?.setAddresses(c.logicAddresses.length > 0 ? c.logicAddresses : (this.#watch?.entries() ?? []).map((e) => e.address));
+    // Ready (or not, and why) from the first moment: the first probe is awaited (each call is bounded).
+    await readiness?.start();
     const presence: PresenceReporter = new PresenceReporter(
       logic,
       c.instanceId,
@@ -85,7 +109,14 @@ export class GatewayService {
       port: c.listen.httpPort,
       maxFrameBytes: c.limits.maxFrameBytes,
       routes: api.routes,
-      interceptors: api.interceptors,
+      // A gateway whose secret logic refuses answers at once, and in words an operator can act on.
+      interceptors: [
+        (next) => async (req) => {
+          if (readiness?.trouble?.cause === "secret-mismatch") throw new ConnectError(SECRET_MISMATCH_MESSAGE, Code.FailedPrecondition);
+          return next(req);
+        },
+        ...api.interceptors,
+      ],
       tokens,
       // A user's first socket here waits until logic knows the route (see PresenceReporter.onlineNow).
       beforeUpgrade: (p, ip) => (hub.has(p.username) ? Promise.resolve() : presence.onlineNow(p.username, ip)),
@@ -210,6 +241,7 @@ export class GatewayService {
 
   /** Closes everything this service opened; idempotent. */
   async close(): Promise<void> {
+    this.#readiness?.stop();
     this.#public?.close();
     await this.#presence?.stop();
     await this.#push?.stop(0);

@@ -155,12 +155,12 @@ export function logicRoutes(d: HandlerDeps) {
         const members = others.map((m) => found.get(m)!);
         if (req.type === SESSION_SINGLE) {
           const id = singleChatId(creator, members[0]!);
-          const r = await d.store.createSession(id, "", SESSION_SINGLE, creator, members, `${creator} started a chat`);
+          const r = await d.store.createSession(id, "", SESSION_SINGLE, creator, members, (nickname) => `${nickname} started a chat`);
           if (r.created) d.onCommit();
           return { sessionId: r.sessionId };
         }
         const groupName = name || [creator, ...members].join(", ").slice(0, 64);
-        const r = await d.store.createSession(undefined, groupName, SESSION_GROUP, creator, members, `${creator} created the group "${groupName}"`);
+        const r = await d.store.createSession(undefined, groupName, SESSION_GROUP, creator, members, (nickname) => `${nickname} created the group "${groupName}"`);
         d.onCommit();
         return { sessionId: r.sessionId };
       },

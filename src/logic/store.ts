@@ -199,6 +199,10 @@ export class LogicStore {
   /**
    * Creates a session with its members and its system message, in one transaction.
    * Resolves with the id and whether it was created (a single chat that exists is returned as is).
+   * `announce` is the system message, or makes it from the creator's nickname. A one-to-one chat
+   * without a name is stored under the creator's nickname: its first system message carries that
+   * as the session meta name, which is how the Go system's clients title the chat on the other
+   * side (the session list names it per reader, see {@link sessionList}).
    */
   async createSession(
     id: string | undefined,
@@ -206,9 +210,12 @@ export class LogicStore {
     type: number,
     creator: string,
     members: readonly string[],
-    announce: string,
+    announce: string | ((creatorNickname: string) => string),
   ): Promise<{ sessionId: string; created: Committed | undefined }> {
     return this.#db.transaction(async (tx) => {
+      const { rows: who } = await tx.query<{ nickname: string }>("select nickname from users where username = $1", [creator]);
+      const nickname = who[0]?.nickname || creator;
+      if (type === SESSION_SINGLE && !name) name = nickname;
       let sessionId = id;
       if (sessionId === undefined) {
         const { rows } = await tx.query<{ id: string }>("select nextval('group_session_id')::text as id");
@@ -227,7 +234,7 @@ export class LogicStore {
         sessionId,
         from: creator,
         to: "",
-        content: announce,
+        content: typeof announce === "string" ? announce : announce(nickname),
         type: "system",
         clientMsgId: undefined,
       });
@@ -289,22 +296,25 @@ export class LogicStore {
 
 
   async sessionList(username: string): Promise<SessionInfo[]> {
+    // A one-to-one chat is named after the other member's nickname (their username if they have none).
     const { rows } = await this.#db.query<
-      MessageRow & { sid: string; name: string; stype: number; avatar_url: string; max_seq_id: string; last_read_seq: string }
+      MessageRow & { sid: string; name: string; stype: number; avatar_url: string; max_seq_id: string; last_read_seq: string; peer: string | null }
     >(
-      `select s.id as sid, s.name, s.type as stype, s.avatar_url, s.max_seq_id, sm.last_read_seq, ${MSG_COLUMNS}
+      `select s.id as sid, s.name, s.type as stype, s.avatar_url, s.max_seq_id, sm.last_read_seq, ${MSG_COLUMNS},
+              (select coalesce(nullif(u.nickname, ''), u.username) from session_members o join users u on u.username = o.username
+                where s.type = $2 and o.session_id = s.id and o.username <> $1 limit 1) as peer
          from session_members sm
          join sessions s on s.id = sm.session_id
          left join messages m on m.session_id = s.id and m.seq_id = s.max_seq_id
         where sm.username = $1
         order by m.id desc nulls last, s.id`,
-      [username],
+      [username, SESSION_SINGLE],
     );
     return rows.map((r) => {
       const unread = BigInt(r.max_seq_id) - BigInt(r.last_read_seq);
       return create(SessionInfoSchema, {
         sessionId: r.sid,
-        name: r.stype === SESSION_SINGLE ? singleChatName(r.sid, username) : r.name,
+        name: r.stype === SESSION_SINGLE ? (r.peer ?? singleChatName(r.sid, username)) : r.name,
         type: r.stype,
         avatarUrl: r.avatar_url,
         unreadCount: unread > 0n ? unread : 0n,

@@ -12,6 +12,7 @@ export class HealthServer {
   readonly #port: number;
   readonly #log: Logger;
   #ready = false;
+  readonly #checks: Array<() => string | undefined> = [];
   #closing: Promise<void> | undefined;
 
   constructor(opts: { host: string; port: number; metrics: Metrics; log: Logger }) {
@@ -22,8 +23,9 @@ export class HealthServer {
       const path = (req.url ?? "/").split("?")[0];
       if (path === "/healthz") return void res.writeHead(200, { "content-type": "text/plain" }).end("ok\n");
       if (path === "/readyz") {
-        res.writeHead(this.#ready ? 200 : 503, { "content-type": "text/plain" });
-        return void res.end(this.#ready ? "ready\n" : "not ready\n");
+        const why = this.#ready ? this.#notReady() : undefined;
+        res.writeHead(this.#ready && !why ? 200 : 503, { "content-type": "text/plain" });
+        return void res.end(!this.#ready ? "not ready\n" : why ? `not ready: ${why}\n` : "ready\n");
       }
       if (path === "/metrics") {
         opts.metrics.registry.metrics().then(
@@ -54,6 +56,19 @@ export class HealthServer {
 
   setReady(ready: boolean): void {
     this.#ready = ready;
+  }
+
+  /** Adds a condition of readiness: `check` returns why the process cannot serve now, or undefined. */
+  addCheck(check: () => string | undefined): void {
+    this.#checks.push(check);
+  }
+
+  #notReady(): string | undefined {
+    for (const check of this.#checks) {
+      const why = check();
+      if (why) return why;
+    }
+    return undefined;
   }
 
   close(): Promise<void> {

@@ -1,4 +1,4 @@
-import { Etcd3, type IKeyValue, type Lease, type Watcher } from "etcd3";
+import type { Etcd3, IKeyValue, Lease, Watcher } from "etcd3";
 import type { Logger } from "../../observability/log.js";
 import { sortEntries } from "./memory.js";
 import type { Registration, Registry, RegistryEntry, RegistryWatch, ServiceKind } from "./types.js";
@@ -63,6 +63,8 @@ export class EtcdRegistry implements Registry {
   async #start(): Promise<void> {
     if (this.#closing) throw new Error("registry: start() after close()");
     const endpoints = this.#opts.endpoints.join(",");
+    // Loaded here, not at import: a process without etcd never pays for the client (~0.3 s, 25 MiB).
+    const { Etcd3 } = await import("etcd3");
     const client = new Etcd3({
       hosts: [...this.#opts.endpoints],
       dialTimeout: START_TIMEOUT_MS,

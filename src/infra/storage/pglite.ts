@@ -1,7 +1,10 @@
-import { mkdir, open, readFile, unlink } from "node:fs/promises";
-import { randomUUID } from "node:crypto";
-import { join } from "node:path";
+import { spawn } from "node:child_process";
+import { createHash, randomUUID } from "node:crypto";
+import { constants, copyFile, mkdir, open, readdir, readFile, rename, rm, stat, unlink } from "node:fs/promises";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { pathToFileURL } from "node:url";
 import { PGlite, types } from "@electric-sql/pglite";
 import type { Logger } from "../../observability/log.js";
 import type { Queryable, Storage } from "./types.js";
@@ -15,6 +18,29 @@ export interface PgliteStorageOptions {
    * directory before failing (default 15 s). PGlite must never be opened twice on one directory.
    */
   readonly lockTimeoutMs?: number;
+  /**
+   * Where the template of a new database is kept (see {@link ensureTemplate}); default
+   * {@link defaultTemplateCache}. Null: no template, a new directory is initialized in place.
+   */
+  readonly templateCache?: string | null;
+}
+
+/**
+ * Postgres settings of the embedded database. PGlite's own default gives shared_buffers 128 MB,
+ * which the WebAssembly memory touches at start (an idle process then holds ~300 MiB); 16 MB
+ * holds this service's hot pages, and the operating system's file cache holds the rest.
+ */
+const START_PARAMS = [...PGlite.defaultStartParams, "-c", "shared_buffers=16MB"];
+
+/**
+ * A new database is initialized with 1 MB WAL segments (16 MB by default: most of a new
+ * directory's size) so that copying the template is quick.
+ */
+const INITDB_PARAMS = ["--wal-segsize=1"];
+
+/** The installed PGlite package: .../node_modules/@electric-sql/pglite. */
+function pgliteDir(): string {
+  return dirname(dirname(createRequire(import.meta.url).resolve("@electric-sql/pglite")));
 }
 
 type QueryResult<R> = { rows: R[]; rowCount: number };
@@ -77,7 +103,11 @@ export class PgliteStorage implements Storage {
     this.#lockPath = join(opts.dir, "resonance.lock");
   }
 
-  /** Creates the directory, takes the lock, opens PGlite and awaits ready (~4 s for a new directory). Memoized. */
+  /**
+   * Creates the directory, takes the lock, opens PGlite and awaits ready. A new directory starts
+   * as a copy of the template (made once per machine, in a child process, ~5-20 s; a progress
+   * line is logged meanwhile). Memoized.
+   */
   start(): Promise<void> {
     this.#starting ??= this.#start();
     return this.#starting;
@@ -88,15 +118,37 @@ export class PgliteStorage implements Storage {
     const started = Date.now();
     await mkdir(this.#opts.dir, { recursive: true });
     await this.#lock();
+    let created = false;
     try {
-      const db = new PGlite({ dataDir: this.#opts.dir, parsers: PARSERS });
+      if (!(await exists(join(this.#opts.dir, "PG_VERSION")))) created = await this.#fromTemplate();
+      const db = new PGlite({ dataDir: this.#opts.dir, parsers: PARSERS, startParams: START_PARAMS, initDbStartParams: INITDB_PARAMS });
       await db.waitReady;
       this.#db = db;
     } catch (err) {
       await this.#unlock();
       throw new Error(`storage: cannot open PGlite in ${this.#opts.dir}: ${(err as Error).message}`, { cause: err });
     }
-    this.#log.info({ dir: this.#opts.dir, ms: Date.now() - started }, "opened embedded PGlite database");
+    this.#log.info({ dir: this.#opts.dir, ms: Date.now() - started, created }, created ? "created embedded PGlite database" : "opened embedded PGlite database");
+  }
+
+  /**
+   * Fills the (empty) directory with a copy of the template. False when there is no template to
+   * copy (no cache configured, or it could not be made): PGlite then initializes the directory
+   * itself, in this process.
+   */
+  async #fromTemplate(): Promise<boolean> {
+    const cache = this.#opts.templateCache === undefined ? defaultTemplateCache() : this.#opts.templateCache;
+    if (cache === null) return false;
+    let template: string;
+    try {
+      template = await ensureTemplate(cache, this.#log);
+    } catch (err) {
+      this.#log.warn({ err, cache }, "no PGlite template (initializing the database in this process instead)");
+      return false;
+    }
+    // A directory left half-copied by a crash holds no PG_VERSION yet: it is simply copied over.
+    await copyTree(template, this.#opts.dir);
+    return true;
   }
 
   async #lock(): Promise<void> {
@@ -205,4 +257,126 @@ export class PgliteStorage implements Storage {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** Copies a directory tree (files and directories only), many files at a time. */
+async function copyTree(from: string, to: string): Promise<void> {
+  await mkdir(to, { recursive: true });
+  const entries = await readdir(from, { withFileTypes: true, recursive: true });
+  const files: string[] = [];
+  for (const e of entries) {
+    const rel = join(e.parentPath ?? e.path, e.name).slice(from.length + 1);
+    if (e.isDirectory()) await mkdir(join(to, rel), { recursive: true });
+    else if (e.isFile()) files.push(rel);
+  }
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < files.length) {
+      const rel = files[next++]!;
+      await copyFile(join(from, rel), join(to, rel), constants.COPYFILE_FICLONE);
+    }
+  };
+  await Promise.all(Array.from({ length: 16 }, worker));
+}
+
+/** `node_modules/.cache/resonance` of the installation that holds PGlite. */
+export function defaultTemplateCache(): string {
+  return join(dirname(dirname(pgliteDir())), ".cache", "resonance");
+}
+
+/** Everything a template depends on (a change makes a new one): PGlite's version and initdb's settings. */
+async function templateKey(): Promise<string> {
+  const { version } = JSON.parse(await readFile(join(pgliteDir(), "package.json"), "utf8")) as { version: string };
+  return createHash("sha256").update(JSON.stringify({ v: 1, version, initdb: INITDB_PARAMS })).digest("hex").slice(0, 12);
+}
+
+/**
+ * Made in a child process, so the ~500 MiB that PGlite's initdb takes is given back to the system
+ * when it ends rather than staying in this one. Dropping template0/template1 halves the copy;
+ * an embedded database never runs CREATE DATABASE.
+ */
+const MAKE_TEMPLATE = `
+const [url, dir, initdb, start] = process.argv.slice(1);
+const { PGlite } = await import(url);
+const db = new PGlite({ dataDir: dir, initDbStartParams: JSON.parse(initdb), startParams: JSON.parse(start) });
+await db.waitReady;
+for (const d of ["template0", "template1"]) {
+  await db.exec("alter database " + d + " is_template false");
+  await db.exec("drop database " + d);
+}
+await db.exec("checkpoint");
+await db.close();
+`;
+
+/**
+ * Resolves with the directory of a closed, freshly initialized PGlite database for this PGlite
+ * version, making it first if the cache has none (once per machine; a concurrent maker is waited
+ * for). Logs a progress line while it is being made. Rejects if it cannot be made.
+ */
+export async function ensureTemplate(cache: string, log: Logger): Promise<string> {
+  const dir = join(cache, `pglite-template-${await templateKey()}`);
+  if (await exists(join(dir, "PG_VERSION"))) return dir;
+  await mkdir(cache, { recursive: true });
+  const lock = `${dir}.lock`;
+  const started = Date.now();
+  log.info("first start on this machine: creating the embedded database (PGlite initdb, once; about 10 s)");
+  const progress = setInterval(() => log.info({ seconds: Math.round((Date.now() - started) / 1000) }, "still creating the embedded database"), 5_000);
+  try {
+    for (;;) {
+      if (await exists(join(dir, "PG_VERSION"))) return dir;
+      try {
+        const file = await open(lock, "wx");
+        await file.writeFile(String(process.pid));
+        await file.close();
+        break;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+      }
+      // Another process is making it, unless it died (or never wrote its pid, long ago).
+      const owner = Number.parseInt(await readFile(lock, "utf8").catch(() => ""), 10);
+      const age = Date.now() - (await stat(lock).then((s) => s.mtimeMs, () => Date.now()));
+      if (owner > 0 ? !isAlive(owner) : age > 5_000) await unlink(lock).catch(() => undefined);
+      else await sleep(200);
+    }
+    try {
+      const tmp = `${dir}.tmp-${process.pid}`;
+      await rm(tmp, { recursive: true, force: true });
+      try {
+        await runChild(pathToFileURL(createRequire(import.meta.url).resolve("@electric-sql/pglite")).href, tmp);
+        await rename(tmp, dir);
+      } finally {
+        await rm(tmp, { recursive: true, force: true });
+      }
+    } finally {
+      await unlink(lock).catch(() => undefined);
+    }
+    log.info({ ms: Date.now() - started }, "embedded database template ready");
+    return dir;
+  } finally {
+    clearInterval(progress);
+  }
+}
+
+function runChild(pgliteUrl: string, dir: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(
+      process.execPath,
+      ["--input-type=module", "-e", MAKE_TEMPLATE, pgliteUrl, dir, JSON.stringify(INITDB_PARAMS), JSON.stringify(START_PARAMS)],
+      { stdio: ["ignore", "ignore", "pipe"] },
+    );
+    let stderr = "";
+    child.stderr.setEncoding("utf8").on("data", (c: string) => (stderr = (stderr + c).slice(-2_000)));
+    child.once("error", reject);
+    child.once("exit", (code, signal) => {
+      if (code === 0) resolve();
+      else reject(new Error(`PGlite initdb exited with ${code ?? signal}: ${/^.*error.*$/im.exec(stderr)?.[0] ?? stderr.trim()}`));
+    });
+  });
 }

@@ -1,4 +1,4 @@
-import pg from "pg";
+import type pg from "pg";
 import type { Logger } from "../../observability/log.js";
 import type { Queryable, Storage } from "./types.js";
 
@@ -80,7 +80,9 @@ export class PostgresStorage implements Storage {
 
   async #start(): Promise<void> {
     if (this.#closing) throw new Error("storage: start() after close()");
-    const pool = new pg.Pool({
+    // Loaded here, not at import: a process on PGlite never pays for the driver.
+    const { default: driver } = await import("pg");
+    const pool = new driver.Pool({
       connectionString: this.#opts.databaseUrl,
       application_name: this.#opts.applicationName,
       max: this.#opts.poolSize ?? 10,
