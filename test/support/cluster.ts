@@ -105,6 +105,15 @@ export class TestCluster {
     return p;
   }
 
+  /**
+   * Starts a process of the same role on the same ports as `old` (its replacement after a
+   * restart or a crash; `old` must have exited), with a new instance id, and waits until ready.
+   */
+  async replace(old: ServiceProcess, env: Record<string, string> = {}): Promise<ServiceProcess> {
+    const ports = ["RESONANCE_HTTP_PORT", "RESONANCE_PUSH_PORT", "RESONANCE_LOGIC_PORT", "RESONANCE_METRICS_PORT"] as const;
+    return this.startProcess(old.role as "gateway" | "logic" | "task" | "all", { ...Object.fromEntries(ports.map((k) => [k, old.env[k]!])), ...env });
+  }
+
   /** The environment a new process of `role` would get. */
   async processEnv(role: string, env: Record<string, string> = {}): Promise<Record<string, string>> {
     return {
