@@ -187,8 +187,13 @@ describeWith(services, "operations (cluster start order and settings)", () => {
   afterAll(() => cluster?.destroy());
 
   it("operations - a gateway started before any logic answers a retryable 503 meanwhile and serves as soon as logic starts", async () => {
+    for (const l of cluster.logics.filter((p) => p.alive)) {
+      l.kill("SIGTERM");
+      await l.exited;
+    }
     const gw = await cluster.startProcess("gateway");
-    const register = () => postJson(baseUrl(gw), "resonance.gateway.v1.AuthService/Register", { username: "early", password: "pw-early-1" });
+    const name = `early${cluster.logics.length}`;
+    const register = () => postJson(baseUrl(gw), "resonance.gateway.v1.AuthService/Register", { username: name, password: "pw-early-1" });
     const before = await register();
     expect(before.status).toBe(503);
     expect(before.body.code).toBe("unavailable");
@@ -212,10 +217,13 @@ describeWith(services, "operations (cluster start order and settings)", () => {
 
   it("operations - a gateway with a mismatched internal secret is not ready, says why once, and its clients get a clear error", async () => {
     if (!cluster.logics.some((p) => p.alive)) await cluster.startProcess("logic");
+    // A user that exists (registered through a good gateway), so only the secret can make the Login fail.
+    const good = cluster.gateways.find((p) => p.alive && p.env.RESONANCE_INTERNAL_SECRET === cluster.baseEnv.RESONANCE_INTERNAL_SECRET) ?? (await cluster.startProcess("gateway"));
+    await eventually(async () => [200, 409].includes((await postJson(baseUrl(good), "resonance.gateway.v1.AuthService/Register", { username: "someone", password: "pw-someone-1" })).status), 20_000, "a registered user");
     const wrong = randomBytes(24).toString("hex");
     const gw = await cluster.startProcess("gateway", { RESONANCE_INTERNAL_SECRET: wrong });
     const answers = [];
-    for (let i = 0; i < 3; i++) answers.push(await postJson(baseUrl(gw), "resonance.gateway.v1.AuthService/Login", { username: "early", password: "pw-early-1" }));
+    for (let i = 0; i < 3; i++) answers.push(await postJson(baseUrl(gw), "resonance.gateway.v1.AuthService/Login", { username: "someone", password: "pw-someone-1" }));
     for (const a of answers) {
       expect(a.status).not.toBe(200);
       expect(a.status).not.toBe(500);
