@@ -1,5 +1,9 @@
+import { existsSync } from "node:fs";
 import { readFile, readdir, readlink } from "node:fs/promises";
 import { Socket } from "node:net";
+
+/** Whether this system shows a process's sockets and files under /proc (Linux). */
+export const PROC_AVAILABLE = existsSync("/proc/self/fd") && existsSync("/proc/self/net/tcp");
 
 /** One TCP socket held by a process. */
 export interface ProcessSocket {
