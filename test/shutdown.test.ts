@@ -4,7 +4,7 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { Redis } from "ioredis";
 import { Etcd3 } from "etcd3";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { ETCD_ENDPOINTS, NATS_URL, REDIS_URL, TestCluster } from "./support/cluster.js";
 import { ServiceProcess, eventually, freePort } from "./support/processes.js";
 import { RawSocket, postJson } from "./support/raw.js";
@@ -274,7 +274,9 @@ describeWith(services, "shutdown (cluster)", () => {
     expect(report.counts.httpAborted).toBe(1);
     expect(report.counts.httpCompleted ?? 0).toBe(0);
     expect(exit.code).toBe(0);
-    await slowLogic.stop();
+    // Gracefully, so its registry entry goes now (a SIGKILLed one would linger for the lease TTL).
+    slowLogic.kill("SIGTERM");
+    await slowLogic.exited;
   });
 
   it("shutdown - a chat in flight at logic gets its ack when logic is stopped", async () => {
@@ -467,17 +469,17 @@ describeWith(services, "shutdown (cluster)", () => {
 });
 
 describeWith(services, "shutdown (cluster, queue)", () => {
+  // Each test has its own deployment (no task, one logic): what is queued and relayed is its own.
   let cluster: TestCluster;
   let alice: string;
 
-  beforeAll(async () => {
-    // No task and one logic: the tests below decide who consumes and who relays.
+  beforeEach(async () => {
     cluster = await TestCluster.start({ mode: "cluster", gateways: 1, logics: 1, tasks: 0, env: FAST });
     const api = createApi(cluster.urls[0]!, { binary: true });
     alice = (await api.auth.register({ username: "alice", password: "pw-alice-1" })).accessToken;
     await api.auth.register({ username: "bob", password: "pw-bob-12" });
   });
-  afterAll(() => cluster?.destroy());
+  afterEach(() => cluster?.destroy());
 
   const stream = () => `RESONANCE_PUSH_${cluster.namespace.toUpperCase()}`;
 
@@ -541,7 +543,7 @@ describeWith(services, "shutdown (cluster, queue)", () => {
 
   it("shutdown - logic reports the outbox rows it published (outboxFlushed) and those left for the next relay (outboxPending)", async () => {
     // The only logic relays everything: its count is every message's outbox row.
-    const logic = cluster.logics.find((p) => p.alive) ?? (await cluster.startProcess("logic"));
+    const logic = cluster.logics[0]!;
     const ids = await chat(4, "flushed");
     await eventually(async () => (await cluster.sql<{ n: string }>("select count(*) as n from outbox"))[0]!.n === "0", 10_000, "the outbox to drain");
     const published = Number((await cluster.sql<{ n: string }>("select count(*) as n from messages"))[0]!.n);
