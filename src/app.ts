@@ -95,6 +95,7 @@ export class App {
   /** Starts a component; it is released at the end even if its own start fails half-way. */
   async #open<T extends { start(): Promise<void>; close(): Promise<void> }>(name: string, thing: T): Promise<T> {
     this.#opened.push({ name, close: () => thing.close() });
+    await this.faults.at(`start.${name}`);
     await thing.start();
     return thing;
   }
@@ -114,6 +115,8 @@ export class App {
         this.#injectCrash();
       } catch (err) {
         if (!this.#shutdown) await this.#closeOpened();
+        // Tests look at the process here: alive, with everything it had opened closed.
+        await this.faults.at("start.failed");
         throw err;
       }
     })();
@@ -189,11 +192,19 @@ export class App {
     }
   }
 
-  /** Fault injection (tests): `process.unhandled-rejection=<ms>` rejects a promise nobody awaits. */
+  /**
+   * Fault injection (tests): `process.unhandled-rejection=<ms>` rejects a promise nobody awaits,
+   * `process.uncaught-exception=<ms>` throws from a timer.
+   */
   #injectCrash(): void {
-    const ms = this.config.faults.get("process.unhandled-rejection");
-    if (typeof ms !== "number") return;
-    setTimeout(() => void Promise.reject(new Error("injected unhandled rejection")), ms).unref();
+    const rejection = this.config.faults.get("process.unhandled-rejection");
+    if (typeof rejection === "number") setTimeout(() => void Promise.reject(new Error("injected unhandled rejection")), rejection).unref();
+    const exception = this.config.faults.get("process.uncaught-exception");
+    if (typeof exception === "number") {
+      setTimeout(() => {
+        throw new Error("injected uncaught exception");
+      }, exception).unref();
+    }
   }
 
   /** The configured secret; in embedded mode one generated on first start and kept in the data dir. */
@@ -275,7 +286,10 @@ export class App {
       ...p,
       run: async () => {
         await this.faults.at(`phase.${p.name}`);
-        return p.run();
+        const counts = await p.run();
+        // Tests look at the process between a phase and the next (e.g. after `release`, still alive).
+        await this.faults.at(`after.${p.name}`);
+        return counts;
       },
     }));
   }

@@ -1,38 +1,45 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, expect, it } from "vitest";
 import { TestCluster, type Mode } from "./support/cluster.js";
 import { eventually } from "./support/processes.js";
 import { RawSocket, postJson } from "./support/raw.js";
-import { requireServices } from "./support/services.js";
+import { NOTHING_NEEDED, describeWith, requireServices } from "./support/services.js";
 import { createApi } from "../src/client/api.js";
 
 const services = await requireServices(["postgres", "redis", "nats", "etcd"]);
-const modes: Mode[] = services.ok ? ["cluster", "standalone"] : ["standalone"];
-if (!services.ok) console.warn(`api tests: cluster mode skipped: ${services.reason}`);
 
-describe.each(modes)("public API (%s)", (mode) => {
+for (const mode of ["cluster", "standalone"] as const satisfies readonly Mode[]) describeWith(mode === "cluster" ? services : NOTHING_NEEDED, `public API (${mode})`, () => {
   let cluster: TestCluster;
   let url: string;
+  /** alice, bob and carol, registered before any test; tests that need a blank slate register their own users. */
   const tokens: Record<string, string> = {};
+  let nextUser = 0;
 
   beforeAll(async () => {
     cluster = await TestCluster.start({ mode, gateways: 1 });
     url = cluster.urls[0]!;
+    const api = createApi(url, { binary: true });
+    for (const u of ["alice", "bob", "carol"]) tokens[u] = (await api.auth.register({ username: u, password: `secret-${u[0]}` })).accessToken;
   });
   afterAll(() => cluster?.destroy());
 
+  /** Fresh users for one test (unique names); resolves with their names and tokens. */
+  async function users(...bases: string[]): Promise<Array<{ name: string; token: string }>> {
+    const n = ++nextUser;
+    return Promise.all(
+      bases.map(async (b) => ({ name: `${b}${n}`, token: (await createApi(url, { binary: true }).auth.register({ username: `${b}${n}`, password: `secret-${b}` })).accessToken })),
+    );
+  }
+
   it("api - Register over JSON and binary returns a token and the user; nickname defaults to the username", async () => {
-    const r = await postJson(url, "resonance.gateway.v1.AuthService/Register", { username: "alice", password: "secret-a", nickname: "Alice" });
+    const n = ++nextUser;
+    const r = await postJson(url, "resonance.gateway.v1.AuthService/Register", { username: `reg${n}`, password: "secret-a", nickname: "Reg" });
     expect(r.status).toBe(200);
     expect(typeof r.body.accessToken).toBe("string");
-    expect(r.body.user).toMatchObject({ username: "alice", nickname: "Alice" });
-    tokens.alice = r.body.accessToken as string;
-
-    const bin = createApi(url, { binary: true });
-    const bob = await bin.auth.register({ username: "bob", password: "secret-b" });
-    expect(bob.user?.nickname).toBe("bob");
-    tokens.bob = bob.accessToken;
-    tokens.carol = (await bin.auth.register({ username: "carol", password: "secret-c" })).accessToken;
+    expect(r.body.user).toMatchObject({ username: `reg${n}`, nickname: "Reg" });
+    const bin = await createApi(url, { binary: true }).auth.register({ username: `bin${n}`, password: "secret-b" });
+    expect(bin.user?.nickname).toBe(`bin${n}`);
+    expect(bin.accessToken.length).toBeGreaterThan(0);
   });
 
   it("api - Register of a taken name is already_exists (409); bad names are invalid_argument", async () => {
@@ -77,17 +84,18 @@ describe.each(modes)("public API (%s)", (mode) => {
   });
 
   it("api - CreateSession single is idempotent from either side; group gets a system message with session_meta", async () => {
-    const a = createApi(url, { binary: false, token: tokens.alice! }).session;
-    const b = createApi(url, { binary: true, token: tokens.bob! }).session;
-    const first = await a.createSession({ members: ["bob"], type: 1 });
-    expect(first.sessionId).toBe("single:alice:bob");
-    expect((await b.createSession({ members: ["alice", "bob"], type: 1 })).sessionId).toBe("single:alice:bob");
+    const [a1, b1, c1] = await users("al", "bo", "ca");
+    const a = createApi(url, { binary: false, token: a1!.token }).session;
+    const b = createApi(url, { binary: true, token: b1!.token }).session;
+    const first = await a.createSession({ members: [b1!.name], type: 1 });
+    expect(first.sessionId).toBe(`single:${a1!.name}:${b1!.name}`);
+    expect((await b.createSession({ members: [a1!.name, b1!.name], type: 1 })).sessionId).toBe(first.sessionId);
 
-    const group = await a.createSession({ members: ["bob", "carol"], name: "Trio", type: 2 });
+    const group = await a.createSession({ members: [b1!.name, c1!.name], name: "Trio", type: 2 });
     expect(group.sessionId).toMatch(/^group:\d+$/);
     const history = await b.getHistoryMessages({ sessionId: group.sessionId });
     expect(history.messages).toHaveLength(1);
-    expect(history.messages[0]).toMatchObject({ type: "system", seqId: 1n, fromUsername: "alice" });
+    expect(history.messages[0]).toMatchObject({ type: "system", seqId: 1n, fromUsername: a1!.name });
     expect(history.messages[0]!.sessionMeta).toMatchObject({ name: "Trio", type: 2 });
   });
 
@@ -99,6 +107,7 @@ describe.each(modes)("public API (%s)", (mode) => {
   });
 
   it("api - non-members get permission_denied (403) for anything about a session", async () => {
+    await createApi(url, { binary: true, token: tokens.alice! }).session.createSession({ members: ["bob"], type: 1 });
     const c = createApi(url, { binary: true, token: tokens.carol! }).session;
     await expect(c.getHistoryMessages({ sessionId: "single:alice:bob" })).rejects.toMatchObject({ code: Code.PermissionDenied });
     await expect(c.updateReadPosition({ sessionId: "single:alice:bob", seqId: 1n })).rejects.toMatchObject({ code: Code.PermissionDenied });
@@ -108,20 +117,24 @@ describe.each(modes)("public API (%s)", (mode) => {
   });
 
   it("api - GetContactList and SearchUser", async () => {
-    const a = createApi(url, { binary: false, token: tokens.alice! }).session;
+    const [me, peer, other] = await users("con", "peer", "zed");
+    const a = createApi(url, { binary: false, token: me!.token }).session;
+    await a.createSession({ members: [peer!.name], type: 1 });
     const contacts = await a.getContactList({});
-    expect(contacts.contacts.map((c) => c.username)).toEqual(["bob"]);
-    const found = await a.searchUser({ query: "CAR" });
-    expect(found.users.map((u) => u.username)).toEqual(["carol"]);
+    expect(contacts.contacts.map((c) => c.username)).toEqual([peer!.name]);
+    const found = await a.searchUser({ query: other!.name.toUpperCase() });
+    expect(found.users.map((u) => u.username)).toEqual([other!.name]);
     expect((await a.searchUser({ query: "%" })).users).toEqual([]);
   });
 
   it("api - UpdateReadPosition only moves forward and returns the unread count", async () => {
-    const b = createApi(url, { binary: true, token: tokens.bob! }).session;
+    const [a1, b1] = await users("ra", "rb");
+    await createApi(url, { binary: true, token: a1!.token }).session.createSession({ members: [b1!.name], type: 1 });
+    const b = createApi(url, { binary: true, token: b1!.token }).session;
     const list = await b.getSessionList({});
-    const single = list.sessions.find((s) => s.sessionId === "single:alice:bob")!;
+    const single = list.sessions.find((s) => s.sessionId === `single:${a1!.name}:${b1!.name}`)!;
     expect(single.unreadCount).toBe(1n);
-    expect(single.name).toBe("Alice"); // The other member's nickname, as the Go system shows it.
+    expect(single.name).toBe(a1!.name); // The other member's nickname (it defaults to the username), as the Go system shows it.
     expect((await b.updateReadPosition({ sessionId: single.sessionId, seqId: 1n })).unreadCount).toBe(0n);
     expect((await b.updateReadPosition({ sessionId: single.sessionId, seqId: 0n })).unreadCount).toBe(0n);
     const after = await b.getSessionList({});
@@ -129,18 +142,23 @@ describe.each(modes)("public API (%s)", (mode) => {
   });
 
   it("api - PullInboxDelta pages by cursor", async () => {
-    const b = createApi(url, { binary: true, token: tokens.bob! }).session;
-    // The two system messages of the sessions bob is in reach his inbox through the queue.
+    const [a1, b1, c1] = await users("pa", "pb", "pc");
+    const a = createApi(url, { binary: true, token: a1!.token }).session;
+    await a.createSession({ members: [b1!.name], type: 1 });
+    await a.createSession({ members: [b1!.name, c1!.name], name: "paging", type: 2 });
+    const b = createApi(url, { binary: true, token: b1!.token }).session;
+    // The two system messages of the sessions b is in reach their inbox through the queue.
     const all = await eventually(async () => {
       const r = await b.pullInboxDelta({ cursorId: 0n, limit: 100n });
-      return r.events.length >= 2 && r;
-    }, 15_000, "bob's inbox");
+      return r.events.length === 2 && r;
+    }, 15_000, "both system messages in the inbox");
     expect(all.hasMore).toBe(false);
     const first = await b.pullInboxDelta({ cursorId: 0n, limit: 1n });
     expect(first.events).toHaveLength(1);
     expect(first.hasMore).toBe(true);
     const rest = await b.pullInboxDelta({ cursorId: first.nextCursorId, limit: 100n });
     expect([...first.events, ...rest.events].map((e) => e.inboxId)).toEqual(all.events.map((e) => e.inboxId));
+    expect(rest.hasMore).toBe(false);
   });
 
   it("api - garbage JSON, wrong types and unknown methods get clear errors; the server keeps serving", async () => {
@@ -158,7 +176,8 @@ describe.each(modes)("public API (%s)", (mode) => {
   });
 
   it("api - Logout revokes that token (HTTP 401, its sockets closed 1008) and no other; CORS preflight is answered", async () => {
-    const login = () => createApi(url, { binary: true }).auth.login({ username: "alice", password: "secret-a" }).then((r) => r.accessToken);
+    const [user] = await users("out");
+    const login = () => createApi(url, { binary: true }).auth.login({ username: user!.name, password: "secret-out" }).then((r) => r.accessToken);
     const [doomed, other] = [await login(), await login()];
     const socket = new RawSocket(url, doomed);
     await socket.opened;
@@ -176,6 +195,7 @@ describe.each(modes)("public API (%s)", (mode) => {
   it("api - every method answers the same over JSON and binary", async () => {
     const json = createApi(url, { binary: false, token: tokens.alice! });
     const bin = createApi(url, { binary: true, token: tokens.alice! });
+    await json.session.createSession({ members: ["bob"], type: 1 });
     const calls: Array<[string, (c: ReturnType<typeof createApi>) => Promise<unknown>]> = [
       ["Login", (c) => c.auth.login({ username: "bob", password: "secret-b" }).then((r) => r.user)],
       ["GetSessionList", (c) => c.session.getSessionList({})],
@@ -195,8 +215,9 @@ describe.each(modes)("public API (%s)", (mode) => {
       expect(await createApi(url, { binary, token: fresh }).auth.logout({})).toMatchObject({ success: true });
     }
     // Register over both, for two new users; the errors are the same too.
-    expect((await json.auth.register({ username: "erin", password: "secret-e" })).user?.username).toBe("erin");
-    expect((await bin.auth.register({ username: "fred", password: "secret-f" })).user?.username).toBe("fred");
+    const n = ++nextUser;
+    expect((await json.auth.register({ username: `erin${n}`, password: "secret-e" })).user?.username).toBe(`erin${n}`);
+    expect((await bin.auth.register({ username: `fred${n}`, password: "secret-f" })).user?.username).toBe(`fred${n}`);
     const errJ = await json.session.getHistoryMessages({ sessionId: "nope" }).catch((e: ConnectError) => e.code);
     const errB = await bin.session.getHistoryMessages({ sessionId: "nope" }).catch((e: ConnectError) => e.code);
     expect([errJ, errB]).toEqual([Code.PermissionDenied, Code.PermissionDenied]);

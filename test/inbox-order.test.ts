@@ -1,14 +1,13 @@
 import pg from "pg";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, expect, it } from "vitest";
 import { INBOX_INSERT } from "../src/task/inbox.js";
 import { TestCluster } from "./support/cluster.js";
 import { eventually } from "./support/processes.js";
-import { requireServices } from "./support/services.js";
+import { describeWith, requireServices } from "./support/services.js";
 
 const services = await requireServices(["postgres", "redis", "nats", "etcd"]);
-if (!services.ok) console.warn(`inbox order test skipped: ${services.reason}`);
 
-describe.skipIf(!services.ok)("inbox order (PostgreSQL)", () => {
+describeWith(services, "inbox order (PostgreSQL)", () => {
   let cluster: TestCluster;
 
   beforeAll(async () => {

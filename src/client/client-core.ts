@@ -40,6 +40,7 @@ export class ClientCore {
   };
   readonly #listeners = {
     message: new Set<Listener<[PushMessage, MessageSource]>>(),
+    raw: new Set<Listener<[PushMessage, MessageSource]>>(),
     goaway: new Set<Listener<[Goaway]>>(),
     close: new Set<Listener<[CloseInfo]>>(),
     error: new Set<Listener<[ResonanceError]>>(),
@@ -179,6 +180,15 @@ export class ClientCore {
   /** Every new message (never twice), from pushes and delta pulls. Returns an unsubscribe function. */
   onMessage(cb: (message: PushMessage, source: MessageSource) => void): () => void {
     return subscribe(this.#listeners.message, cb);
+  }
+
+  /**
+   * Every message as it arrives, before deduplication: each push and each delta event, so a
+   * message received twice is reported twice (for audits and tests; applications want
+   * `onMessage`). Returns an unsubscribe function.
+   */
+  onRawMessage(cb: (message: PushMessage, source: MessageSource) => void): () => void {
+    return subscribe(this.#listeners.raw, cb);
   }
 
   /** A Goaway from the server (a 1001 close follows; the client reconnects by itself). */
@@ -505,6 +515,7 @@ export class ClientCore {
   }
 
   #deliver(message: PushMessage, source: MessageSource, emit: boolean): void {
+    this.#emit(this.#listeners.raw, message, source);
     if (!this.#seen.add(message)) {
       this.#stats.duplicatesDropped++;
       return;

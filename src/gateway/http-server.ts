@@ -85,9 +85,9 @@ export class PublicServer {
       }
       this.#inFlight.add(res);
       res.once("close", () => {
+        if (!this.#inFlight.delete(res)) return; // Already counted by close().
         if (res.writableFinished) this.counts.httpCompleted++;
         else this.counts.httpAborted++;
-        this.#inFlight.delete(res);
         if (this.#inFlight.size === 0) this.#idle?.();
       });
       connect(req, res);
@@ -184,6 +184,13 @@ export class PublicServer {
   close(): void {
     if (this.#state === "closed") return;
     this.#state = "closed";
+    // Counted now: the close events of the responses cut off below come after the shutdown report.
+    for (const res of this.#inFlight) {
+      if (res.writableFinished) this.counts.httpCompleted++;
+      else this.counts.httpAborted++;
+    }
+    this.#inFlight.clear();
+    this.#idle?.();
     this.#server.close();
     this.#server.closeAllConnections();
     this.#wss.close();

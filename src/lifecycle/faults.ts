@@ -2,8 +2,12 @@ import type { Logger } from "../observability/log.js";
 
 /**
  * Fault injection for tests (RESONANCE_FAULTS, off by default): a named point waits the given
- * milliseconds, or forever for "hang". Names: `phase.<phase-name>`, `logic.<Method>` (Login,
- * Register, SendMessage), `task.before-ack`; `process.unhandled-rejection` is read by the app.
+ * milliseconds, or forever for "hang". Names: `phase.<phase-name>` (before a shutdown phase),
+ * `after.<phase-name>` (after it, before the next), `start.<component>` (before the app opens
+ * health, registry, storage, routes, queue, logic, task or gateway), `start.failed` (after a
+ * failed start closed what it had opened), `logic.<Method>` (Login, Register, SendMessage),
+ * `task.before-ack`; `process.unhandled-rejection` and `process.uncaught-exception` are read by
+ * the app. Every point logs "fault injected" with its name when reached, so a test can wait for it.
  */
 export class Faults {
   readonly #faults: ReadonlyMap<string, number | "hang">;

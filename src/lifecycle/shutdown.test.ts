@@ -12,12 +12,23 @@ const phase = (name: string, ms: number, result?: Record<string, number>, fail =
 });
 
 describe("lifecycle", () => {
-  it("lifecycle - phases run in order, counts add up, exit code 0", async () => {
-    const order: string[] = [];
-    const p = (n: string): Phase => ({ name: n, run: async () => void order.push(n) });
-    const r = await runShutdown("test", [p("a"), phase("b", 5, { x: 1 }), phase("c", 1, { x: 2, y: 1 }), p("d")], { timeoutMs: 1000, log });
-    expect(order).toEqual(["a", "d"]);
-    expect(r.phases.map((x) => [x.name, x.outcome])).toEqual([["a", "ok"], ["b", "ok"], ["c", "ok"], ["d", "ok"]]);
+  it("lifecycle - phases run one at a time, in order, each after the previous one finished; counts add up, exit code 0", async () => {
+    const events: string[] = [];
+    // Phases that finish in a different order than they would if started together.
+    const timed = (name: string, ms: number, result?: Record<string, number>): Phase => ({
+      name,
+      run: async () => {
+        events.push(`${name} start`);
+        await new Promise((r) => setTimeout(r, ms));
+        events.push(`${name} end`);
+        return result;
+      },
+    });
+    const sync = (name: string): Phase => ({ name, run: async () => void events.push(`${name} start`, `${name} end`) });
+    const r = await runShutdown("test", [timed("a", 30), sync("b"), timed("c", 5, { x: 1 }), timed("d", 1, { x: 2, y: 1 }), sync("e")], { timeoutMs: 1000, log });
+    expect(events).toEqual(["a start", "a end", "b start", "b end", "c start", "c end", "d start", "d end", "e start", "e end"]);
+    expect(r.phases.map((x) => [x.name, x.outcome])).toEqual([["a", "ok"], ["b", "ok"], ["c", "ok"], ["d", "ok"], ["e", "ok"]]);
+    expect(r.phases[0]!.durationMs).toBeGreaterThanOrEqual(29);
     expect(r.counts).toEqual({ x: 3, y: 1 });
     expect(r.exitCode).toBe(0);
   });

@@ -96,13 +96,35 @@ export class TestCluster {
     return c;
   }
 
-  /** Starts one more process of a role (fresh ports, next instance id) and waits until it is ready. */
+  /**
+   * Starts one more process of a role (fresh ports, next instance id) and waits until it is ready.
+   * Ports the test did not choose are picked free, but another program may take one before the
+   * process binds it (other test runs share this machine): such a start is retried on new ports.
+   */
   async startProcess(role: "gateway" | "logic" | "task" | "all", env: Record<string, string> = {}): Promise<ServiceProcess> {
-    const p = new ServiceProcess(role, await this.processEnv(role, env));
     const list = role === "gateway" || role === "all" ? this.gateways : role === "logic" ? this.logics : this.tasks;
-    list.push(p);
-    await p.ready();
-    return p;
+    const ownPorts = Object.keys(env).some((k) => k.endsWith("_PORT"));
+    for (let attempt = 1; ; attempt++) {
+      const p = new ServiceProcess(role, await this.processEnv(role, env));
+      list.push(p);
+      try {
+        await p.ready();
+        return p;
+      } catch (err) {
+        const portTaken = !p.alive && /EADDRINUSE/.test(p.output());
+        if (!portTaken || ownPorts || attempt >= 3) throw err;
+        list.splice(list.indexOf(p), 1);
+      }
+    }
+  }
+
+  /**
+   * Starts a process of the same role on the same ports as `old` (its replacement after a
+   * restart or a crash; `old` must have exited), with a new instance id, and waits until ready.
+   */
+  async replace(old: ServiceProcess, env: Record<string, string> = {}): Promise<ServiceProcess> {
+    const ports = ["RESONANCE_HTTP_PORT", "RESONANCE_PUSH_PORT", "RESONANCE_LOGIC_PORT", "RESONANCE_METRICS_PORT"] as const;
+    return this.startProcess(old.role as "gateway" | "logic" | "task" | "all", { ...Object.fromEntries(ports.map((k) => [k, old.env[k]!])), ...env });
   }
 
   /** The environment a new process of `role` would get. */

@@ -93,6 +93,24 @@ export class ServiceProcess {
     });
   }
 
+  /**
+   * Waits until the process reaches the fault point `name` (its "fault injected" line; see
+   * RESONANCE_FAULTS) and resolves with a check to call after looking at the process: it throws
+   * unless the process is still held there (alive, and since then no phase started, no report,
+   * no startup failure logged). So what the test saw is known to be the paused state, never a
+   * later one that would make the check pass for the wrong reason.
+   */
+  async pausedAt(name: string, timeoutMs = 30_000): Promise<() => void> {
+    await this.waitForLog((l) => l.fault === name, timeoutMs);
+    const at = this.lines.findIndex((l) => l.includes(`"fault":"${name}"`));
+    return () => {
+      const movedOn = this.lines.slice(at + 1).find((l) => /"msg":"(shutdown phase started|shutdown report|startup failed)"/.test(l));
+      if (!this.alive || movedOn) {
+        throw new Error(`${this.role} was no longer paused at ${name} when the checks ended (${movedOn ?? "exited"}): lengthen the pause`);
+      }
+    };
+  }
+
   /** Resolves when the process logged "started"; rejects with its output if it exits first. */
   async ready(timeoutMs = 60_000): Promise<this> {
     await this.waitForLog((l) => l.msg === "started", timeoutMs);
@@ -103,6 +121,11 @@ export class ServiceProcess {
   async report(timeoutMs = 60_000): Promise<ShutdownReportLine> {
     const line = await this.waitForLog((l) => l.msg === "shutdown report", timeoutMs);
     return line.report as ShutdownReportLine;
+  }
+
+  /** True until the process has exited. */
+  get alive(): boolean {
+    return this.proc.exitCode === null && this.proc.signalCode === null;
   }
 
   kill(signal: NodeJS.Signals = "SIGTERM"): void {
@@ -129,18 +152,21 @@ export interface ShutdownReportLine {
   counts: Record<string, number>;
 }
 
-/** Polls `check` until it returns a value other than undefined, null or false, or fails after `timeoutMs`. */
-export async function eventually<T>(
-  check: () => Promise<T | undefined | null | false> | T | undefined | null | false,
-  timeoutMs = 10_000,
-  what = "condition",
-): Promise<T> {
+/** What `eventually` treats as "not yet": every falsy value (false, 0, 0n, "", NaN, null, undefined). */
+export type NotYet = false | 0 | 0n | "" | null | undefined;
+
+/**
+ * Polls `check` (every 25 ms) until it returns a truthy value and resolves with that value.
+ * Falsy results (0, "", NaN included) and thrown errors count as "not yet". Rejects after
+ * `timeoutMs` naming `what` and the last error seen.
+ */
+export async function eventually<T>(check: () => Promise<T | NotYet> | T | NotYet, timeoutMs = 10_000, what = "condition"): Promise<T> {
   const end = Date.now() + timeoutMs;
   let last: unknown;
   for (;;) {
     try {
       const v = await check();
-      if (v !== undefined && v !== null && v !== false) return v;
+      if (v) return v as T;
     } catch (err) {
       last = err;
     }

@@ -27,6 +27,8 @@ export async function postJson(baseUrl: string, path: string, body: unknown, tok
 export class RawSocket {
   readonly ws: WebSocket;
   readonly packets: WsPacket[] = [];
+  /** When each server ping arrived (performance.now()). */
+  readonly pings: number[] = [];
   readonly opened: Promise<void>;
   readonly closed: Promise<{ code: number; reason: string; wasClean: boolean }>;
   #waiters: Array<{ pred: (p: WsPacket) => boolean; resolve: (p: WsPacket) => void }> = [];
@@ -42,6 +44,7 @@ export class RawSocket {
     this.closed = new Promise((resolve) =>
       this.ws.addEventListener("close", (e) => resolve({ code: e.code, reason: e.reason, wasClean: e.wasClean })),
     );
+    this.ws.on("ping", () => this.pings.push(performance.now()));
     this.ws.on("message", (data: Buffer) => {
       const p = fromBinary(WsPacketSchema, data);
       this.packets.push(p);

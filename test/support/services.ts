@@ -1,4 +1,5 @@
 import { Socket } from "node:net";
+import { describe } from "vitest";
 
 /**
  * The external services integration tests run against, and a reachability check for them.
@@ -7,9 +8,11 @@ import { Socket } from "node:net";
  *
  * ```ts
  * const services = await requireServices(["postgres", "redis"]);
- * if (!services.ok) console.warn(`my area: cluster tests skipped: ${services.reason}`);
- * describe.skipIf(!services.ok)("my area - cluster", () => { ... });
+ * describeWith(services, "my area (cluster)", () => { ... });
  * ```
+ *
+ * Without the services the suite's tests still appear in the runner's count, as skipped, and
+ * the reason is printed and part of the suite's name.
  *
  * With `CI=true` a missing service throws instead, so the test file fails loudly rather than
  * skipping silently (`scripts/dev-services.sh` starts everything in CI).
@@ -116,4 +119,18 @@ export async function requireReachable(name: string, probe: () => Promise<void>)
     console.warn(`skipping the ${name} tests: ${reason}`);
     return false;
   }
+}
+
+/** The check of a suite that needs nothing. */
+export const NOTHING_NEEDED: ServicesCheck = { ok: true };
+
+/**
+ * `describe(name, fn)` when the services are there; otherwise the same suite skipped (its tests
+ * counted as skipped by the runner, never silently absent), with the reason in its name and
+ * printed once.
+ */
+export function describeWith(check: ServicesCheck, name: string, fn: () => void): void {
+  if (check.ok) return void describe(name, fn);
+  console.warn(`${name}: skipped: ${check.reason}`);
+  describe.skip(`${name} [skipped: ${check.reason}]`, fn);
 }

@@ -13,8 +13,13 @@ if (!etcdCheck.ok) console.warn(`registry contract: etcd skipped: ${etcdCheck.re
 const ENDPOINTS = TEST_ETCD_ENDPOINTS.split(",").map((e) => e.trim());
 /** Unique per run, so parallel or aborted runs never see each other's keys. */
 const PREFIX = `/resonance-test/${process.pid}-${randomBytes(4).toString("hex")}/services/`;
-/** How long a change may take to reach another instance's watch. */
-const PROPAGATION_MS = 3_000;
+/** How long a change may take to reach another instance's watch (generous: the machine may be busy). */
+const PROPAGATION_MS = 10_000;
+/**
+ * Lease TTL of the etcd registrations in the contract tests: far above PROPAGATION_MS, so an entry
+ * that disappears within PROPAGATION_MS was removed on purpose, never by its lease running out.
+ */
+const LEASE_TTL_SEC = 60;
 
 interface Impl {
   readonly name: "memory" | "etcd";
@@ -28,7 +33,7 @@ const impls: Impl[] = [
   {
     name: "etcd",
     available: etcdCheck.ok,
-    make: () => createRegistry({ endpoints: ENDPOINTS, name: "registry-test", log, prefix: PREFIX, leaseTtlSec: 5 }),
+    make: () => createRegistry({ endpoints: ENDPOINTS, name: "registry-test", log, prefix: PREFIX, leaseTtlSec: LEASE_TTL_SEC }),
   },
 ];
 
@@ -121,11 +126,10 @@ for (const impl of impls) describe(`registry (${impl.name}) - contract`, () => {
     const lg = entry("logic");
     const reg = await a.register(lg);
     await eventually(() => watch.entries().length === 1);
-    const t0 = Date.now();
     await Promise.all([reg.deregister(), reg.deregister()]);
     await reg.deregister();
-    await eventually(() => watch.entries().length === 0, 1_000);
-    expect(Date.now() - t0).toBeLessThan(1_000); // far below any lease ttl
+    // Within PROPAGATION_MS, far below the lease TTL: removed, not expired.
+    await eventually(() => watch.entries().length === 0);
     expect(seen.at(-1)).toEqual([]);
     await reg.setDraining(); // after deregister: a no-op, the entry stays gone
     expect(watch.entries()).toEqual([]);
@@ -138,7 +142,7 @@ for (const impl of impls) describe(`registry (${impl.name}) - contract`, () => {
     await a.register(entry("task", ""));
     await eventually(() => watch.entries().length === 2);
     await a.close();
-    await eventually(() => watch.entries().length === 0, 1_000);
+    await eventually(() => watch.entries().length === 0);
   });
 
   it.skipIf(!impl.available)("registry - start and close are idempotent; use after close rejects", async () => {
