@@ -111,7 +111,7 @@ export class TestCluster {
         await p.ready();
         return p;
       } catch (err) {
-        const portTaken = !p.alive && /EADDRINUSE/.test(p.output());
+        const portTaken = !p.alive && /EADDRINUSE|is already in use/.test(p.output());
         if (!portTaken || ownPorts || attempt >= 3) throw err;
         list.splice(list.indexOf(p), 1);
       }
