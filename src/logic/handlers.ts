@@ -1,7 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import { UserSchema } from "../gen/resonance/common/v1/common_pb.js";
-import { AuthService, ChatService, PresenceService, SessionService } from "../gen/resonance/logic/v1/logic_pb.js";
+import { AuthService, ChatService, PresenceService, SessionService, type SendMessageRequest } from "../gen/resonance/logic/v1/logic_pb.js";
 import type { LimitStore } from "../infra/limits/types.js";
 import type { Faults } from "../lifecycle/faults.js";
 import type { RouteTable } from "../infra/routes/types.js";
@@ -24,6 +24,8 @@ import {
 } from "./validate.js";
 
 const MAX_GROUP_MEMBERS = 500;
+/** Chats in one SendMessages call. */
+export const MAX_CHAT_BATCH = 512;
 /** Gateway instance ids (RESONANCE_INSTANCE_ID). */
 const GATEWAY_ID = /^[A-Za-z0-9_.-]{1,64}$/;
 
@@ -194,41 +196,61 @@ export function logicRoutes(d: HandlerDeps) {
       },
     });
 
+    /** Validates and commits one chat; rejects with a ConnectError for a bad one. */
+    async function sendOne(req: SendMessageRequest): Promise<{ msgId: bigint; seqId: bigint }> {
+      const from = requireUsername(req.fromUsername, "from_username");
+      if (req.content.length === 0) invalid("content is empty");
+      if (req.content.length > d.maxContentChars) invalid(`content: at most ${d.maxContentChars} characters`);
+      if (req.clientMsgId.length > 128) invalid("client_msg_id: at most 128 characters");
+      const type = req.type || "text";
+      if (type.length > 32 || type === "system") invalid("type: not allowed");
+      let sessionId = req.sessionId;
+      if (!sessionId) {
+        if (!req.toUsername) invalid("session_id or to_username is required");
+        sessionId = singleChatId(from, requireUsername(req.toUsername, "to_username"));
+        if (!(await d.store.isMember(sessionId, from))) {
+          const exists = await d.store.existingUsers([req.toUsername]);
+          if (!exists.has(req.toUsername)) throw new ConnectError(`unknown user ${req.toUsername}`, Code.NotFound);
+          await d.store.createSession(sessionId, "", SESSION_SINGLE, from, [req.toUsername], `${from} started a chat`);
+        }
+      } else if (req.toUsername) {
+        requireUsername(req.toUsername, "to_username");
+      }
+      // Membership is checked by the commit itself (permission_denied for a stranger).
+      const r = await d.store.sendMessage({
+        sessionId,
+        from,
+        to: req.toUsername,
+        content: req.content,
+        type,
+        clientMsgId: req.clientMsgId || undefined,
+      });
+      if (r.created) {
+        d.metrics.messagesCommitted.inc();
+        d.onCommit();
+      }
+      return { msgId: r.msgId, seqId: r.seqId };
+    }
+
     router.service(ChatService, {
       async sendMessage(req) {
         await d.faults.at("logic.SendMessage");
-        const from = requireUsername(req.fromUsername, "from_username");
-        if (req.content.length === 0) invalid("content is empty");
-        if (req.content.length > d.maxContentChars) invalid(`content: at most ${d.maxContentChars} characters`);
-        if (req.clientMsgId.length > 128) invalid("client_msg_id: at most 128 characters");
-        const type = req.type || "text";
-        if (type.length > 32 || type === "system") invalid("type: not allowed");
-        let sessionId = req.sessionId;
-        if (!sessionId) {
-          if (!req.toUsername) invalid("session_id or to_username is required");
-          sessionId = singleChatId(from, requireUsername(req.toUsername, "to_username"));
-          if (!(await d.store.isMember(sessionId, from))) {
-            const exists = await d.store.existingUsers([req.toUsername]);
-            if (!exists.has(req.toUsername)) throw new ConnectError(`unknown user ${req.toUsername}`, Code.NotFound);
-            await d.store.createSession(sessionId, "", SESSION_SINGLE, from, [req.toUsername], `${from} started a chat`);
+        return sendOne(req);
+      },
+      async sendMessages(req) {
+        await d.faults.at("logic.SendMessages");
+        if (req.items.length > MAX_CHAT_BATCH) invalid(`items: at most ${MAX_CHAT_BATCH}`);
+        const results = [];
+        for (const item of req.items) {
+          try {
+            results.push(await sendOne(item));
+          } catch (err) {
+            if (!(err instanceof ConnectError)) throw err; // not the item's fault: the whole call fails
+            const e = err;
+            results.push({ errorCode: e.code, errorMessage: e.rawMessage.slice(0, 200) });
           }
-        } else if (req.toUsername) {
-          requireUsername(req.toUsername, "to_username");
         }
-        // Membership is checked by the commit itself (permission_denied for a stranger).
-        const r = await d.store.sendMessage({
-          sessionId,
-          from,
-          to: req.toUsername,
-          content: req.content,
-          type,
-          clientMsgId: req.clientMsgId || undefined,
-        });
-        if (r.created) {
-          d.metrics.messagesCommitted.inc();
-          d.onCommit();
-        }
-        return { msgId: r.msgId, seqId: r.seqId };
+        return { results };
       },
     });
 

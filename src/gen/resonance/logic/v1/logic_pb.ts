@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file resonance/logic/v1/logic.proto.
  */
 export const file_resonance_logic_v1_logic: GenFile = /*@__PURE__*/
-  fileDesc("Ch5yZXNvbmFuY2UvbG9naWMvdjEvbG9naWMucHJvdG8SEnJlc29uYW5jZS5sb2dpYy52MSIlCg1Mb2dvdXRSZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSIhCg5Mb2dvdXRSZXNwb25zZRIPCgdzdWNjZXNzGAEgASgIIjIKDExvZ2luUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIQCghwYXNzd29yZBgCIAEoCSJOCg1Mb2dpblJlc3BvbnNlEhQKDGFjY2Vzc190b2tlbhgBIAEoCRInCgR1c2VyGAIgASgLMhkucmVzb25hbmNlLmNvbW1vbi52MS5Vc2VyIkcKD1JlZ2lzdGVyUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIQCghwYXNzd29yZBgCIAEoCRIQCghuaWNrbmFtZRgDIAEoCSJRChBSZWdpc3RlclJlc3BvbnNlEhQKDGFjY2Vzc190b2tlbhgBIAEoCRInCgR1c2VyGAIgASgLMhkucmVzb25hbmNlLmNvbW1vbi52MS5Vc2VyIiwKFFZhbGlkYXRlVG9rZW5SZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSJ1ChVWYWxpZGF0ZVRva2VuUmVzcG9uc2USDQoFdmFsaWQYASABKAgSJwoEdXNlchgCIAEoCzIZLnJlc29uYW5jZS5jb21tb24udjEuVXNlchIQCgh1c2VybmFtZRgDIAEoCRISCgpleHBpcmVzX2F0GAQgASgDIikKFUdldFNlc3Npb25MaXN0UmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCSJNChZHZXRTZXNzaW9uTGlzdFJlc3BvbnNlEjMKCHNlc3Npb25zGAEgAygLMiEucmVzb25hbmNlLmdhdGV3YXkudjEuU2Vzc2lvbkluZm8iXQoUQ3JlYXRlU2Vzc2lvblJlcXVlc3QSGAoQY3JlYXRvcl91c2VybmFtZRgBIAEoCRIPCgdtZW1iZXJzGAIgAygJEgwKBG5hbWUYAyABKAkSDAoEdHlwZRgEIAEoBSIrChVDcmVhdGVTZXNzaW9uUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCSJkChlHZXRIaXN0b3J5TWVzc2FnZXNSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDQoFbGltaXQYAyABKAMSEgoKYmVmb3JlX3NlcRgEIAEoAyJRChpHZXRIaXN0b3J5TWVzc2FnZXNSZXNwb25zZRIzCghtZXNzYWdlcxgBIAMoCzIhLnJlc29uYW5jZS5nYXRld2F5LnYxLlB1c2hNZXNzYWdlIikKFUdldENvbnRhY3RMaXN0UmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCSJNChZHZXRDb250YWN0TGlzdFJlc3BvbnNlEjMKCGNvbnRhY3RzGAEgAygLMiEucmVzb25hbmNlLmdhdGV3YXkudjEuQ29udGFjdEluZm8iIgoRU2VhcmNoVXNlclJlcXVlc3QSDQoFcXVlcnkYASABKAkiRgoSU2VhcmNoVXNlclJlc3BvbnNlEjAKBXVzZXJzGAEgAygLMiEucmVzb25hbmNlLmdhdGV3YXkudjEuQ29udGFjdEluZm8iUQoZVXBkYXRlUmVhZFBvc2l0aW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBnNlcV9pZBgCIAEoAxIQCgh1c2VybmFtZRgDIAEoCSIyChpVcGRhdGVSZWFkUG9zaXRpb25SZXNwb25zZRIUCgx1bnJlYWRfY291bnQYASABKAMiSwoVUHVsbEluYm94RGVsdGFSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhEKCWN1cnNvcl9pZBgCIAEoAxINCgVsaW1pdBgDIAEoAyJ0ChZQdWxsSW5ib3hEZWx0YVJlc3BvbnNlEjAKBmV2ZW50cxgBIAMoCzIgLnJlc29uYW5jZS5nYXRld2F5LnYxLkluYm94RXZlbnQSFgoObmV4dF9jdXJzb3JfaWQYAiABKAMSEAoIaGFzX21vcmUYAyABKAginQEKElNlbmRNZXNzYWdlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAMgASgJEhUKDWZyb21fdXNlcm5hbWUYBCABKAkSEwoLdG9fdXNlcm5hbWUYBSABKAkSDwoHY29udGVudBgGIAEoCRIMCgR0eXBlGAcgASgJEhEKCXRpbWVzdGFtcBgIIAEoAxIVCg1jbGllbnRfbXNnX2lkGAkgASgJIkQKE1NlbmRNZXNzYWdlUmVzcG9uc2USDgoGbXNnX2lkGAEgASgDEg4KBnNlcV9pZBgCIAEoAxINCgVlcnJvchgDIAEoCSJECgpVc2VyT25saW5lEhAKCHVzZXJuYW1lGAEgASgJEhEKCXJlbW90ZV9pcBgCIAEoCRIRCgl0aW1lc3RhbXAYAyABKAMiMgoLVXNlck9mZmxpbmUSEAoIdXNlcm5hbWUYASABKAkSEQoJdGltZXN0YW1wGAIgASgDIqUBChFTeW5jU3RhdHVzUmVxdWVzdBIOCgZzZXFfaWQYASABKAMSEgoKZ2F0ZXdheV9pZBgCIAEoCRI0CgxvbmxpbmVfYmF0Y2gYAyADKAsyHi5yZXNvbmFuY2UubG9naWMudjEuVXNlck9ubGluZRI2Cg1vZmZsaW5lX2JhdGNoGAQgAygLMh8ucmVzb25hbmNlLmxvZ2ljLnYxLlVzZXJPZmZsaW5lIjMKElN5bmNTdGF0dXNSZXNwb25zZRIOCgZzZXFfaWQYASABKAMSDQoFZXJyb3IYAiABKAkiKAoQTG9nb3V0QWxsUmVxdWVzdBIUCgxhY2Nlc3NfdG9rZW4YASABKAkiJAoRTG9nb3V0QWxsUmVzcG9uc2USDwoHc3VjY2VzcxgBIAEoCDLDAwoLQXV0aFNlcnZpY2USTAoFTG9naW4SIC5yZXNvbmFuY2UubG9naWMudjEuTG9naW5SZXF1ZXN0GiEucmVzb25hbmNlLmxvZ2ljLnYxLkxvZ2luUmVzcG9uc2USVQoIUmVnaXN0ZXISIy5yZXNvbmFuY2UubG9naWMudjEuUmVnaXN0ZXJSZXF1ZXN0GiQucmVzb25hbmNlLmxvZ2ljLnYxLlJlZ2lzdGVyUmVzcG9uc2USZAoNVmFsaWRhdGVUb2tlbhIoLnJlc29uYW5jZS5sb2dpYy52MS5WYWxpZGF0ZVRva2VuUmVxdWVzdBopLnJlc29uYW5jZS5sb2dpYy52MS5WYWxpZGF0ZVRva2VuUmVzcG9uc2USTwoGTG9nb3V0EiEucmVzb25hbmNlLmxvZ2ljLnYxLkxvZ291dFJlcXVlc3QaIi5yZXNvbmFuY2UubG9naWMudjEuTG9nb3V0UmVzcG9uc2USWAoJTG9nb3V0QWxsEiQucmVzb25hbmNlLmxvZ2ljLnYxLkxvZ291dEFsbFJlcXVlc3QaJS5yZXNvbmFuY2UubG9naWMudjEuTG9nb3V0QWxsUmVzcG9uc2Uy+AUKDlNlc3Npb25TZXJ2aWNlEmcKDkdldFNlc3Npb25MaXN0EikucmVzb25hbmNlLmxvZ2ljLnYxLkdldFNlc3Npb25MaXN0UmVxdWVzdBoqLnJlc29uYW5jZS5sb2dpYy52MS5HZXRTZXNzaW9uTGlzdFJlc3BvbnNlEmQKDUNyZWF0ZVNlc3Npb24SKC5yZXNvbmFuY2UubG9naWMudjEuQ3JlYXRlU2Vzc2lvblJlcXVlc3QaKS5yZXNvbmFuY2UubG9naWMudjEuQ3JlYXRlU2Vzc2lvblJlc3BvbnNlEnMKEkdldEhpc3RvcnlNZXNzYWdlcxItLnJlc29uYW5jZS5sb2dpYy52MS5HZXRIaXN0b3J5TWVzc2FnZXNSZXF1ZXN0Gi4ucmVzb25hbmNlLmxvZ2ljLnYxLkdldEhpc3RvcnlNZXNzYWdlc1Jlc3BvbnNlEmcKDkdldENvbnRhY3RMaXN0EikucmVzb25hbmNlLmxvZ2ljLnYxLkdldENvbnRhY3RMaXN0UmVxdWVzdBoqLnJlc29uYW5jZS5sb2dpYy52MS5HZXRDb250YWN0TGlzdFJlc3BvbnNlElsKClNlYXJjaFVzZXISJS5yZXNvbmFuY2UubG9naWMudjEuU2VhcmNoVXNlclJlcXVlc3QaJi5yZXNvbmFuY2UubG9naWMudjEuU2VhcmNoVXNlclJlc3BvbnNlEnMKElVwZGF0ZVJlYWRQb3NpdGlvbhItLnJlc29uYW5jZS5sb2dpYy52MS5VcGRhdGVSZWFkUG9zaXRpb25SZXF1ZXN0Gi4ucmVzb25hbmNlLmxvZ2ljLnYxLlVwZGF0ZVJlYWRQb3NpdGlvblJlc3BvbnNlEmcKDlB1bGxJbmJveERlbHRhEikucmVzb25hbmNlLmxvZ2ljLnYxLlB1bGxJbmJveERlbHRhUmVxdWVzdBoqLnJlc29uYW5jZS5sb2dpYy52MS5QdWxsSW5ib3hEZWx0YVJlc3BvbnNlMm0KC0NoYXRTZXJ2aWNlEl4KC1NlbmRNZXNzYWdlEiYucmVzb25hbmNlLmxvZ2ljLnYxLlNlbmRNZXNzYWdlUmVxdWVzdBonLnJlc29uYW5jZS5sb2dpYy52MS5TZW5kTWVzc2FnZVJlc3BvbnNlMm4KD1ByZXNlbmNlU2VydmljZRJbCgpTeW5jU3RhdHVzEiUucmVzb25hbmNlLmxvZ2ljLnYxLlN5bmNTdGF0dXNSZXF1ZXN0GiYucmVzb25hbmNlLmxvZ2ljLnYxLlN5bmNTdGF0dXNSZXNwb25zZWIGcHJvdG8z", [file_resonance_common_v1_common, file_resonance_gateway_v1_gateway]);
+  fileDesc("Ch5yZXNvbmFuY2UvbG9naWMvdjEvbG9naWMucHJvdG8SEnJlc29uYW5jZS5sb2dpYy52MSIlCg1Mb2dvdXRSZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSIhCg5Mb2dvdXRSZXNwb25zZRIPCgdzdWNjZXNzGAEgASgIIjIKDExvZ2luUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIQCghwYXNzd29yZBgCIAEoCSJOCg1Mb2dpblJlc3BvbnNlEhQKDGFjY2Vzc190b2tlbhgBIAEoCRInCgR1c2VyGAIgASgLMhkucmVzb25hbmNlLmNvbW1vbi52MS5Vc2VyIkcKD1JlZ2lzdGVyUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIQCghwYXNzd29yZBgCIAEoCRIQCghuaWNrbmFtZRgDIAEoCSJRChBSZWdpc3RlclJlc3BvbnNlEhQKDGFjY2Vzc190b2tlbhgBIAEoCRInCgR1c2VyGAIgASgLMhkucmVzb25hbmNlLmNvbW1vbi52MS5Vc2VyIiwKFFZhbGlkYXRlVG9rZW5SZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSJ1ChVWYWxpZGF0ZVRva2VuUmVzcG9uc2USDQoFdmFsaWQYASABKAgSJwoEdXNlchgCIAEoCzIZLnJlc29uYW5jZS5jb21tb24udjEuVXNlchIQCgh1c2VybmFtZRgDIAEoCRISCgpleHBpcmVzX2F0GAQgASgDIikKFUdldFNlc3Npb25MaXN0UmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCSJNChZHZXRTZXNzaW9uTGlzdFJlc3BvbnNlEjMKCHNlc3Npb25zGAEgAygLMiEucmVzb25hbmNlLmdhdGV3YXkudjEuU2Vzc2lvbkluZm8iXQoUQ3JlYXRlU2Vzc2lvblJlcXVlc3QSGAoQY3JlYXRvcl91c2VybmFtZRgBIAEoCRIPCgdtZW1iZXJzGAIgAygJEgwKBG5hbWUYAyABKAkSDAoEdHlwZRgEIAEoBSIrChVDcmVhdGVTZXNzaW9uUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCSJkChlHZXRIaXN0b3J5TWVzc2FnZXNSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDQoFbGltaXQYAyABKAMSEgoKYmVmb3JlX3NlcRgEIAEoAyJRChpHZXRIaXN0b3J5TWVzc2FnZXNSZXNwb25zZRIzCghtZXNzYWdlcxgBIAMoCzIhLnJlc29uYW5jZS5nYXRld2F5LnYxLlB1c2hNZXNzYWdlIikKFUdldENvbnRhY3RMaXN0UmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCSJNChZHZXRDb250YWN0TGlzdFJlc3BvbnNlEjMKCGNvbnRhY3RzGAEgAygLMiEucmVzb25hbmNlLmdhdGV3YXkudjEuQ29udGFjdEluZm8iIgoRU2VhcmNoVXNlclJlcXVlc3QSDQoFcXVlcnkYASABKAkiRgoSU2VhcmNoVXNlclJlc3BvbnNlEjAKBXVzZXJzGAEgAygLMiEucmVzb25hbmNlLmdhdGV3YXkudjEuQ29udGFjdEluZm8iUQoZVXBkYXRlUmVhZFBvc2l0aW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBnNlcV9pZBgCIAEoAxIQCgh1c2VybmFtZRgDIAEoCSIyChpVcGRhdGVSZWFkUG9zaXRpb25SZXNwb25zZRIUCgx1bnJlYWRfY291bnQYASABKAMiSwoVUHVsbEluYm94RGVsdGFSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhEKCWN1cnNvcl9pZBgCIAEoAxINCgVsaW1pdBgDIAEoAyJ0ChZQdWxsSW5ib3hEZWx0YVJlc3BvbnNlEjAKBmV2ZW50cxgBIAMoCzIgLnJlc29uYW5jZS5nYXRld2F5LnYxLkluYm94RXZlbnQSFgoObmV4dF9jdXJzb3JfaWQYAiABKAMSEAoIaGFzX21vcmUYAyABKAgiTAoTU2VuZE1lc3NhZ2VzUmVxdWVzdBI1CgVpdGVtcxgBIAMoCzImLnJlc29uYW5jZS5sb2dpYy52MS5TZW5kTWVzc2FnZVJlcXVlc3QiTgoUU2VuZE1lc3NhZ2VzUmVzcG9uc2USNgoHcmVzdWx0cxgBIAMoCzIlLnJlc29uYW5jZS5sb2dpYy52MS5TZW5kTWVzc2FnZVJlc3VsdCJeChFTZW5kTWVzc2FnZVJlc3VsdBIOCgZtc2dfaWQYASABKAMSDgoGc2VxX2lkGAIgASgDEhIKCmVycm9yX2NvZGUYAyABKAUSFQoNZXJyb3JfbWVzc2FnZRgEIAEoCSKdAQoSU2VuZE1lc3NhZ2VSZXF1ZXN0EhIKCnNlc3Npb25faWQYAyABKAkSFQoNZnJvbV91c2VybmFtZRgEIAEoCRITCgt0b191c2VybmFtZRgFIAEoCRIPCgdjb250ZW50GAYgASgJEgwKBHR5cGUYByABKAkSEQoJdGltZXN0YW1wGAggASgDEhUKDWNsaWVudF9tc2dfaWQYCSABKAkiRAoTU2VuZE1lc3NhZ2VSZXNwb25zZRIOCgZtc2dfaWQYASABKAMSDgoGc2VxX2lkGAIgASgDEg0KBWVycm9yGAMgASgJIkQKClVzZXJPbmxpbmUSEAoIdXNlcm5hbWUYASABKAkSEQoJcmVtb3RlX2lwGAIgASgJEhEKCXRpbWVzdGFtcBgDIAEoAyIyCgtVc2VyT2ZmbGluZRIQCgh1c2VybmFtZRgBIAEoCRIRCgl0aW1lc3RhbXAYAiABKAMipQEKEVN5bmNTdGF0dXNSZXF1ZXN0Eg4KBnNlcV9pZBgBIAEoAxISCgpnYXRld2F5X2lkGAIgASgJEjQKDG9ubGluZV9iYXRjaBgDIAMoCzIeLnJlc29uYW5jZS5sb2dpYy52MS5Vc2VyT25saW5lEjYKDW9mZmxpbmVfYmF0Y2gYBCADKAsyHy5yZXNvbmFuY2UubG9naWMudjEuVXNlck9mZmxpbmUiMwoSU3luY1N0YXR1c1Jlc3BvbnNlEg4KBnNlcV9pZBgBIAEoAxINCgVlcnJvchgCIAEoCSIoChBMb2dvdXRBbGxSZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSIkChFMb2dvdXRBbGxSZXNwb25zZRIPCgdzdWNjZXNzGAEgASgIMsMDCgtBdXRoU2VydmljZRJMCgVMb2dpbhIgLnJlc29uYW5jZS5sb2dpYy52MS5Mb2dpblJlcXVlc3QaIS5yZXNvbmFuY2UubG9naWMudjEuTG9naW5SZXNwb25zZRJVCghSZWdpc3RlchIjLnJlc29uYW5jZS5sb2dpYy52MS5SZWdpc3RlclJlcXVlc3QaJC5yZXNvbmFuY2UubG9naWMudjEuUmVnaXN0ZXJSZXNwb25zZRJkCg1WYWxpZGF0ZVRva2VuEigucmVzb25hbmNlLmxvZ2ljLnYxLlZhbGlkYXRlVG9rZW5SZXF1ZXN0GikucmVzb25hbmNlLmxvZ2ljLnYxLlZhbGlkYXRlVG9rZW5SZXNwb25zZRJPCgZMb2dvdXQSIS5yZXNvbmFuY2UubG9naWMudjEuTG9nb3V0UmVxdWVzdBoiLnJlc29uYW5jZS5sb2dpYy52MS5Mb2dvdXRSZXNwb25zZRJYCglMb2dvdXRBbGwSJC5yZXNvbmFuY2UubG9naWMudjEuTG9nb3V0QWxsUmVxdWVzdBolLnJlc29uYW5jZS5sb2dpYy52MS5Mb2dvdXRBbGxSZXNwb25zZTL4BQoOU2Vzc2lvblNlcnZpY2USZwoOR2V0U2Vzc2lvbkxpc3QSKS5yZXNvbmFuY2UubG9naWMudjEuR2V0U2Vzc2lvbkxpc3RSZXF1ZXN0GioucmVzb25hbmNlLmxvZ2ljLnYxLkdldFNlc3Npb25MaXN0UmVzcG9uc2USZAoNQ3JlYXRlU2Vzc2lvbhIoLnJlc29uYW5jZS5sb2dpYy52MS5DcmVhdGVTZXNzaW9uUmVxdWVzdBopLnJlc29uYW5jZS5sb2dpYy52MS5DcmVhdGVTZXNzaW9uUmVzcG9uc2UScwoSR2V0SGlzdG9yeU1lc3NhZ2VzEi0ucmVzb25hbmNlLmxvZ2ljLnYxLkdldEhpc3RvcnlNZXNzYWdlc1JlcXVlc3QaLi5yZXNvbmFuY2UubG9naWMudjEuR2V0SGlzdG9yeU1lc3NhZ2VzUmVzcG9uc2USZwoOR2V0Q29udGFjdExpc3QSKS5yZXNvbmFuY2UubG9naWMudjEuR2V0Q29udGFjdExpc3RSZXF1ZXN0GioucmVzb25hbmNlLmxvZ2ljLnYxLkdldENvbnRhY3RMaXN0UmVzcG9uc2USWwoKU2VhcmNoVXNlchIlLnJlc29uYW5jZS5sb2dpYy52MS5TZWFyY2hVc2VyUmVxdWVzdBomLnJlc29uYW5jZS5sb2dpYy52MS5TZWFyY2hVc2VyUmVzcG9uc2UScwoSVXBkYXRlUmVhZFBvc2l0aW9uEi0ucmVzb25hbmNlLmxvZ2ljLnYxLlVwZGF0ZVJlYWRQb3NpdGlvblJlcXVlc3QaLi5yZXNvbmFuY2UubG9naWMudjEuVXBkYXRlUmVhZFBvc2l0aW9uUmVzcG9uc2USZwoOUHVsbEluYm94RGVsdGESKS5yZXNvbmFuY2UubG9naWMudjEuUHVsbEluYm94RGVsdGFSZXF1ZXN0GioucmVzb25hbmNlLmxvZ2ljLnYxLlB1bGxJbmJveERlbHRhUmVzcG9uc2Uy0AEKC0NoYXRTZXJ2aWNlEl4KC1NlbmRNZXNzYWdlEiYucmVzb25hbmNlLmxvZ2ljLnYxLlNlbmRNZXNzYWdlUmVxdWVzdBonLnJlc29uYW5jZS5sb2dpYy52MS5TZW5kTWVzc2FnZVJlc3BvbnNlEmEKDFNlbmRNZXNzYWdlcxInLnJlc29uYW5jZS5sb2dpYy52MS5TZW5kTWVzc2FnZXNSZXF1ZXN0GigucmVzb25hbmNlLmxvZ2ljLnYxLlNlbmRNZXNzYWdlc1Jlc3BvbnNlMm4KD1ByZXNlbmNlU2VydmljZRJbCgpTeW5jU3RhdHVzEiUucmVzb25hbmNlLmxvZ2ljLnYxLlN5bmNTdGF0dXNSZXF1ZXN0GiYucmVzb25hbmNlLmxvZ2ljLnYxLlN5bmNTdGF0dXNSZXNwb25zZWIGcHJvdG8z", [file_resonance_common_v1_common, file_resonance_gateway_v1_gateway]);
 
 /**
  * @generated from message resonance.logic.v1.LogoutRequest
@@ -495,6 +495,77 @@ export const PullInboxDeltaResponseSchema: GenMessage<PullInboxDeltaResponse> = 
   messageDesc(file_resonance_logic_v1_logic, 21);
 
 /**
+ * @generated from message resonance.logic.v1.SendMessagesRequest
+ */
+export type SendMessagesRequest = Message<"resonance.logic.v1.SendMessagesRequest"> & {
+  /**
+   * @generated from field: repeated resonance.logic.v1.SendMessageRequest items = 1;
+   */
+  items: SendMessageRequest[];
+};
+
+/**
+ * Describes the message resonance.logic.v1.SendMessagesRequest.
+ * Use `create(SendMessagesRequestSchema)` to create a new message.
+ */
+export const SendMessagesRequestSchema: GenMessage<SendMessagesRequest> = /*@__PURE__*/
+  messageDesc(file_resonance_logic_v1_logic, 22);
+
+/**
+ * @generated from message resonance.logic.v1.SendMessagesResponse
+ */
+export type SendMessagesResponse = Message<"resonance.logic.v1.SendMessagesResponse"> & {
+  /**
+   * @generated from field: repeated resonance.logic.v1.SendMessageResult results = 1;
+   */
+  results: SendMessageResult[];
+};
+
+/**
+ * Describes the message resonance.logic.v1.SendMessagesResponse.
+ * Use `create(SendMessagesResponseSchema)` to create a new message.
+ */
+export const SendMessagesResponseSchema: GenMessage<SendMessagesResponse> = /*@__PURE__*/
+  messageDesc(file_resonance_logic_v1_logic, 23);
+
+/**
+ * @generated from message resonance.logic.v1.SendMessageResult
+ */
+export type SendMessageResult = Message<"resonance.logic.v1.SendMessageResult"> & {
+  /**
+   * @generated from field: int64 msg_id = 1;
+   */
+  msgId: bigint;
+
+  /**
+   * @generated from field: int64 seq_id = 2;
+   */
+  seqId: bigint;
+
+  /**
+   * 0 when committed (or found committed: a resend); otherwise a Connect code
+   * (3 invalid_argument, 5 not_found, 7 permission_denied, 8 resource_exhausted, 14 unavailable, ...).
+   *
+   * @generated from field: int32 error_code = 3;
+   */
+  errorCode: number;
+
+  /**
+   * A short reason when error_code is set (bounded in size; never echoes the content).
+   *
+   * @generated from field: string error_message = 4;
+   */
+  errorMessage: string;
+};
+
+/**
+ * Describes the message resonance.logic.v1.SendMessageResult.
+ * Use `create(SendMessageResultSchema)` to create a new message.
+ */
+export const SendMessageResultSchema: GenMessage<SendMessageResult> = /*@__PURE__*/
+  messageDesc(file_resonance_logic_v1_logic, 24);
+
+/**
  * @generated from message resonance.logic.v1.SendMessageRequest
  */
 export type SendMessageRequest = Message<"resonance.logic.v1.SendMessageRequest"> & {
@@ -541,7 +612,7 @@ export type SendMessageRequest = Message<"resonance.logic.v1.SendMessageRequest"
  * Use `create(SendMessageRequestSchema)` to create a new message.
  */
 export const SendMessageRequestSchema: GenMessage<SendMessageRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 22);
+  messageDesc(file_resonance_logic_v1_logic, 25);
 
 /**
  * @generated from message resonance.logic.v1.SendMessageResponse
@@ -568,7 +639,7 @@ export type SendMessageResponse = Message<"resonance.logic.v1.SendMessageRespons
  * Use `create(SendMessageResponseSchema)` to create a new message.
  */
 export const SendMessageResponseSchema: GenMessage<SendMessageResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 23);
+  messageDesc(file_resonance_logic_v1_logic, 26);
 
 /**
  * @generated from message resonance.logic.v1.UserOnline
@@ -595,7 +666,7 @@ export type UserOnline = Message<"resonance.logic.v1.UserOnline"> & {
  * Use `create(UserOnlineSchema)` to create a new message.
  */
 export const UserOnlineSchema: GenMessage<UserOnline> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 24);
+  messageDesc(file_resonance_logic_v1_logic, 27);
 
 /**
  * @generated from message resonance.logic.v1.UserOffline
@@ -617,7 +688,7 @@ export type UserOffline = Message<"resonance.logic.v1.UserOffline"> & {
  * Use `create(UserOfflineSchema)` to create a new message.
  */
 export const UserOfflineSchema: GenMessage<UserOffline> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 25);
+  messageDesc(file_resonance_logic_v1_logic, 28);
 
 /**
  * @generated from message resonance.logic.v1.SyncStatusRequest
@@ -649,7 +720,7 @@ export type SyncStatusRequest = Message<"resonance.logic.v1.SyncStatusRequest"> 
  * Use `create(SyncStatusRequestSchema)` to create a new message.
  */
 export const SyncStatusRequestSchema: GenMessage<SyncStatusRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 26);
+  messageDesc(file_resonance_logic_v1_logic, 29);
 
 /**
  * @generated from message resonance.logic.v1.SyncStatusResponse
@@ -671,7 +742,7 @@ export type SyncStatusResponse = Message<"resonance.logic.v1.SyncStatusResponse"
  * Use `create(SyncStatusResponseSchema)` to create a new message.
  */
 export const SyncStatusResponseSchema: GenMessage<SyncStatusResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 27);
+  messageDesc(file_resonance_logic_v1_logic, 30);
 
 /**
  * @generated from message resonance.logic.v1.LogoutAllRequest
@@ -688,7 +759,7 @@ export type LogoutAllRequest = Message<"resonance.logic.v1.LogoutAllRequest"> & 
  * Use `create(LogoutAllRequestSchema)` to create a new message.
  */
 export const LogoutAllRequestSchema: GenMessage<LogoutAllRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 28);
+  messageDesc(file_resonance_logic_v1_logic, 31);
 
 /**
  * @generated from message resonance.logic.v1.LogoutAllResponse
@@ -705,7 +776,7 @@ export type LogoutAllResponse = Message<"resonance.logic.v1.LogoutAllResponse"> 
  * Use `create(LogoutAllResponseSchema)` to create a new message.
  */
 export const LogoutAllResponseSchema: GenMessage<LogoutAllResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 29);
+  messageDesc(file_resonance_logic_v1_logic, 32);
 
 /**
  * @generated from service resonance.logic.v1.AuthService
@@ -832,6 +903,20 @@ export const ChatService: GenService<{
     methodKind: "unary";
     input: typeof SendMessageRequestSchema;
     output: typeof SendMessageResponseSchema;
+  },
+  /**
+   * New: many chats in one call (the gateway batches what arrives while a call is in flight).
+   * Every item gets its own result, in request order; one bad item never fails the others.
+   * The call as a whole fails only when logic cannot take it (unavailable while draining):
+   * then the gateway moves the whole batch to another logic instance (every item carries its
+   * client_msg_id, so a retry is idempotent).
+   *
+   * @generated from rpc resonance.logic.v1.ChatService.SendMessages
+   */
+  sendMessages: {
+    methodKind: "unary";
+    input: typeof SendMessagesRequestSchema;
+    output: typeof SendMessagesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_resonance_logic_v1_logic, 2);
