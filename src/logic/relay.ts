@@ -16,6 +16,11 @@ const MAX_FAST_IN_FLIGHT = 8_192;
 const SYNC_MARGIN_MS = 5_000;
 /** Rows deleted per statement once synced. */
 const DELETE_BATCH = 5_000;
+/**
+ * On PGlite (no autovacuum) the outbox is vacuumed after this many deletions: its dead rows
+ * would otherwise pile up and slow every poller round.
+ */
+const VACUUM_EVERY = 20_000;
 
 export interface RelayOptions {
   readonly batchSize: number;
@@ -61,6 +66,7 @@ export class OutboxRelay {
   /** The queue server the marked rows were checked against. */
   #server: string | undefined;
   #lastSyncedDelete = 0;
+  #deletedSinceVacuum = 0;
 
   constructor(store: LogicStore, publisher: EventPublisher, opts: RelayOptions, log: Logger, metrics: Metrics) {
     this.#store = store;
@@ -190,7 +196,14 @@ export class OutboxRelay {
       this.#settle = [];
       try {
         if (this.#publisher.unsyncedMs > 0) await this.#store.markPublished(batch, this.#publisher.destination());
-        else await this.#store.deleteOutbox(batch);
+        else {
+          await this.#store.deleteOutbox(batch);
+          this.#deletedSinceVacuum += batch.length;
+          if (this.#deletedSinceVacuum >= VACUUM_EVERY && this.#store.db.kind === "pglite") {
+            this.#deletedSinceVacuum = 0;
+            await this.#store.vacuumOutbox();
+          }
+        }
       } catch (err) {
         this.#log.warn({ err, rows: batch.length }, "settling published outbox rows failed; they will be published again");
       }

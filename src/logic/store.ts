@@ -573,6 +573,11 @@ export class LogicStore {
     );
   }
 
+  /** Reclaims the outbox's dead rows (PGlite has no autovacuum; each published event leaves one). */
+  async vacuumOutbox(): Promise<void> {
+    await this.#db.query("vacuum outbox");
+  }
+
   /** Outbox events not yet published. */
   async outboxBacklog(): Promise<number> {
     const { rows } = await this.#db.query<{ n: string }>("select count(*) as n from outbox where published_at is null");
