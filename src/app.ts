@@ -147,7 +147,7 @@ export class App {
     if (r !== "gateway") {
       const storage = await this.#open(
         "storage",
-        createStorage({ databaseUrl: c.databaseUrl, dataDir: c.dataDir, applicationName: name, log: log.child({ part: "storage" }) }),
+        createStorage({ databaseUrl: c.databaseUrl, dataDir: c.dataDir, applicationName: name, poolSize: c.pgPoolSize, log: log.child({ part: "storage" }) }),
       );
       if (r === "all") await migrate(storage, migrations, log);
       else await requireSchema(storage);
@@ -168,6 +168,7 @@ export class App {
           name,
           log: log.child({ part: "queue" }),
           ackWaitMs: c.task.ackWaitMs,
+          syncIntervalMs: c.natsSyncIntervalMs,
           ...(ns ? { stream: `RESONANCE_PUSH_${ns.toUpperCase()}`, subjects: { push: `${ns}.${PUSH_SUBJECT}`, deadLetter: `${ns}.${DEAD_LETTER_SUBJECT}` } } : {}),
         }),
       );

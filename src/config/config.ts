@@ -73,6 +73,8 @@ const schema = z.object({
   RESONANCE_ROUTE_TTL: atLeast(1000).default(120_000),
   RESONANCE_RELAY_BATCH: positiveInt.default(256),
   RESONANCE_RELAY_INTERVAL: atLeast(10).default(200),
+  RESONANCE_NATS_SYNC_INTERVAL: duration.default(120_000),
+  RESONANCE_PG_POOL: positiveInt.pipe(z.number().max(100, "at most 100")).default(4),
   RESONANCE_TASK_CONCURRENCY: positiveInt.default(256),
   RESONANCE_ACK_WAIT: atLeast(1000).default(30_000),
   RESONANCE_FAULTS: z.string().default(""),
@@ -132,6 +134,10 @@ export interface Config {
   };
   readonly presence: { readonly batchSize: number; readonly intervalMs: number; readonly routeTtlMs: number };
   readonly relay: { readonly batchSize: number; readonly intervalMs: number };
+  /** The NATS server's `jetstream.sync_interval` (0: it syncs every write, or the stream is replicated). */
+  readonly natsSyncIntervalMs: number;
+  /** PostgreSQL connections per process. */
+  readonly pgPoolSize: number;
   readonly task: { readonly concurrency: number; readonly ackWaitMs: number };
   /** Fault injection for tests: "name=ms" or "name=hang", comma-separated. Empty by default. */
   readonly faults: ReadonlyMap<string, number | "hang">;
@@ -276,6 +282,8 @@ export function parseConfig(env: RawEnv): Config {
       routeTtlMs: e.RESONANCE_ROUTE_TTL,
     }),
     relay: Object.freeze({ batchSize: e.RESONANCE_RELAY_BATCH, intervalMs: e.RESONANCE_RELAY_INTERVAL }),
+    natsSyncIntervalMs: e.RESONANCE_NATS_SYNC_INTERVAL,
+    pgPoolSize: e.RESONANCE_PG_POOL,
     task: Object.freeze({ concurrency: e.RESONANCE_TASK_CONCURRENCY, ackWaitMs: e.RESONANCE_ACK_WAIT }),
     faults: parseFaults(e.RESONANCE_FAULTS),
     namespace: e.RESONANCE_NAMESPACE,

@@ -8,7 +8,8 @@ import type { RouteTable } from "../infra/routes/types.js";
 import type { Metrics } from "../observability/metrics.js";
 import { Tokens, hashPassword, verifyPassword, type KdfQueue } from "./auth.js";
 import type { Revocation } from "./revoke.js";
-import { LogicStore, SESSION_GROUP, SESSION_SINGLE, singleChatId } from "./store.js";
+import type { GroupCommit } from "./group-commit.js";
+import { LogicStore, SESSION_GROUP, SESSION_SINGLE, singleChatId, type CommitOutcome, type NewMessage } from "./store.js";
 import {
   MAX_PASSWORD_CHARS,
   checkUsername as requireUsername,
@@ -52,8 +53,10 @@ export interface HandlerDeps {
   readonly kdf: KdfQueue;
   /** Tells every gateway about revoked tokens; resolves when they answered or failed, never rejects. */
   readonly revoked: (r: Revocation) => Promise<unknown>;
-  /** Called after a message commit so the outbox relay publishes without waiting for its poll. */
+  /** Called after a session is created so the outbox relay publishes its system message without waiting for its poll. */
   readonly onCommit: () => void;
+  /** Where chats are committed (group commit; the relay publishes what it commits). */
+  readonly commits: GroupCommit;
 }
 
 let dummy: Promise<string> | undefined;
@@ -196,8 +199,11 @@ export function logicRoutes(d: HandlerDeps) {
       },
     });
 
-    /** Validates and commits one chat; rejects with a ConnectError for a bad one. */
-    async function sendOne(req: SendMessageRequest): Promise<{ msgId: bigint; seqId: bigint }> {
+    /**
+     * Validates one chat and names its session (creating the one-to-one chat when only
+     * to_username is given); rejects with a ConnectError for a bad one.
+     */
+    async function prepare(req: SendMessageRequest): Promise<NewMessage> {
       const from = requireUsername(req.fromUsername, "from_username");
       if (req.content.length === 0) invalid("content is empty");
       if (req.content.length > d.maxContentChars) invalid(`content: at most ${d.maxContentChars} characters`);
@@ -211,45 +217,51 @@ export function logicRoutes(d: HandlerDeps) {
         if (!(await d.store.isMember(sessionId, from))) {
           const exists = await d.store.existingUsers([req.toUsername]);
           if (!exists.has(req.toUsername)) throw new ConnectError(`unknown user ${req.toUsername}`, Code.NotFound);
-          await d.store.createSession(sessionId, "", SESSION_SINGLE, from, [req.toUsername], `${from} started a chat`);
+          const r = await d.store.createSession(sessionId, "", SESSION_SINGLE, from, [req.toUsername], `${from} started a chat`);
+          if (r.created) d.onCommit();
         }
       } else if (req.toUsername) {
         requireUsername(req.toUsername, "to_username");
       }
-      // Membership is checked by the commit itself (permission_denied for a stranger).
-      const r = await d.store.sendMessage({
-        sessionId,
-        from,
-        to: req.toUsername,
-        content: req.content,
-        type,
-        clientMsgId: req.clientMsgId || undefined,
-      });
-      if (r.created) {
-        d.metrics.messagesCommitted.inc();
-        d.onCommit();
-      }
-      return { msgId: r.msgId, seqId: r.seqId };
+      // Membership is checked by the commit itself, per message.
+      return { sessionId, from, to: req.toUsername, content: req.content, type, clientMsgId: req.clientMsgId || undefined };
+    }
+
+    /** Commits prepared chats together (group commit): one outcome each, in order. */
+    async function commit(messages: readonly NewMessage[]): Promise<CommitOutcome[]> {
+      const outcomes = await d.commits.submit(messages);
+      const created = outcomes.filter((o) => !(o instanceof ConnectError) && o.created).length;
+      if (created > 0) d.metrics.messagesCommitted.inc(created);
+      return outcomes;
     }
 
     router.service(ChatService, {
       async sendMessage(req) {
         await d.faults.at("logic.SendMessage");
-        return sendOne(req);
+        const [outcome] = await commit([await prepare(req)]);
+        if (outcome instanceof ConnectError) throw outcome;
+        return { msgId: outcome!.msgId, seqId: outcome!.seqId };
       },
       async sendMessages(req) {
         await d.faults.at("logic.SendMessages");
         if (req.items.length > MAX_CHAT_BATCH) invalid(`items: at most ${MAX_CHAT_BATCH}`);
-        const results = [];
-        for (const item of req.items) {
-          try {
-            results.push(await sendOne(item));
-          } catch (err) {
-            if (!(err instanceof ConnectError)) throw err; // not the item's fault: the whole call fails
-            const e = err;
-            results.push({ errorCode: e.code, errorMessage: e.rawMessage.slice(0, 200) });
-          }
-        }
+        // Each item is checked on its own; the valid ones are committed together.
+        const prepared = await Promise.all(
+          req.items.map((item) =>
+            prepare(item).catch((err: unknown) => {
+              if (err instanceof ConnectError) return err;
+              throw err; // not the item's fault: the whole call fails
+            }),
+          ),
+        );
+        const valid = prepared.filter((p): p is NewMessage => !(p instanceof ConnectError));
+        const committed = await commit(valid);
+        let next = 0;
+        const results = prepared.map((p) => {
+          const o = p instanceof ConnectError ? p : committed[next++]!;
+          if (o instanceof ConnectError) return { errorCode: o.code, errorMessage: o.rawMessage.slice(0, 200) };
+          return { msgId: o.msgId, seqId: o.seqId };
+        });
         return { results };
       },
     });
