@@ -36,6 +36,13 @@ export const DEFAULT_DISPATCHER_LIMITS: DispatcherLimits = {
 
 const MAX_BACKOFF_MS = 2_000;
 
+/**
+ * Whole-call failures after which the batch moves to another instance: refused (`unavailable`:
+ * draining, connection refused) or cut off by the transport (the instance died mid-call).
+ * Moving is safe either way: a chat that did commit is found by its client_msg_id.
+ */
+const MOVE = new Set([Code.Unavailable, Code.Canceled, Code.Aborted]);
+
 interface Pending {
   readonly item: SendMessageRequest;
   readonly bytes: number;
@@ -65,9 +72,9 @@ interface Instance {
  *
  * A call refused as a whole with `unavailable` (a draining logic, a refused connection) ran
  * nothing: the WHOLE batch moves to another instance (every chat carries its client_msg_id, so
- * even a retry of a call that did run is only a resend), and the refusing instance cools down
- * (backoff). Any other whole-call failure answers each chat `unavailable` (the client resends
- * the same seq). Per-chat errors go to that chat alone. The queue is bounded: beyond
+ * even a retry of a call that did run, cut off mid-way, is only a resend), and the refusing
+ * instance cools down (backoff). Any other whole-call failure answers each chat `unavailable`
+ * (retryable: the client resends the same seq), never `internal`. Per-chat errors go to that chat alone. The queue is bounded: beyond
  * `maxQueued` waiting chats, a new chat is answered `resource_exhausted` at once.
  */
 export class ChatDispatcher {
@@ -242,7 +249,7 @@ export class ChatDispatcher {
         results = await this.#send(address, batch.chats.map((c) => c.item));
       } catch (err) {
         const ce = ConnectError.from(err);
-        if (ce.code === Code.Unavailable) {
+        if (MOVE.has(ce.code)) {
           inst.refusals++;
           inst.coolUntil = performance.now() + Math.min(MAX_BACKOFF_MS, this.#limits.backoffMs * 2 ** (inst.refusals - 1));
           return this.#refused(batch, ce);
