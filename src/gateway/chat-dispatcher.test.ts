@@ -45,8 +45,9 @@ function setup(addresses: string[], limits: Partial<DispatcherLimits> = {}) {
   const logic = new FakeLogic();
   const metrics = new Metrics();
   const pool = { addresses };
-  const d = new ChatDispatcher(logic.send, () => pool.addresses, { backoffMs: 1, ...limits }, metrics);
-  return { logic, d, metrics, pool };
+  const clock = { now: 0 };
+  const d = new ChatDispatcher(logic.send, () => pool.addresses, { backoffMs: 1, ...limits }, metrics, undefined, () => clock.now);
+  return { logic, d, metrics, pool, clock };
 }
 
 const ok = (o: ChatOutcome) => "msgId" in o;
@@ -175,6 +176,25 @@ describe("chat dispatcher", () => {
     logic.calls[1]!.answer();
     expect((await Promise.all(accepted)).every(ok)).toBe(true);
     expect(logic.calls.flatMap((c) => c.seqs)).toEqual(["a", "b", "c", "d"]);
+  });
+
+  it("dispatcher - a standing queue: while the oldest waiting chat has waited too long, a new chat is answered resource_exhausted at once", async () => {
+    const { logic, d, clock } = setup(["l1:1"], { maxInFlight: 1, maxQueueWaitMs: 500 });
+    void d.submit(chat("a"));
+    const waiting = d.submit(chat("b"));
+    clock.now = 400;
+    const stillTaken = d.submit(chat("c"));
+    clock.now = 501;
+    expect(await d.submit(chat("d"))).toMatchObject({ errorCode: "resource_exhausted" });
+    // Once the queue moves on, chats are taken again.
+    logic.calls[0]!.answer();
+    await logic.callsMade(2);
+    expect(logic.calls[1]!.seqs).toEqual(["b", "c"]);
+    const next = d.submit(chat("e"));
+    logic.calls[1]!.answer();
+    await logic.callsMade(3);
+    logic.calls[2]!.answer();
+    expect([await waiting, await stillTaken, await next].every(ok)).toBe(true);
   });
 
   it("dispatcher - with no logic instance known, chats wait a little for one, then get unavailable", async () => {

@@ -19,6 +19,12 @@ export interface DispatcherLimits {
   readonly maxInFlight: number;
   /** Most chats waiting for a call; beyond it a chat is answered `resource_exhausted` at once. */
   readonly maxQueued: number;
+  /**
+   * While the oldest waiting chat has waited longer than this, the queue is standing (logic takes
+   * less than arrives): a new chat is answered `resource_exhausted` at once, so the wait for an
+   * ack stays bounded under overload instead of growing with the queue.
+   */
+  readonly maxQueueWaitMs: number;
   /** Calls one batch may take (moving to another instance after each refusal) before its chats get `unavailable`. */
   readonly attempts: number;
   /** First wait before an instance that refused is tried again (doubling per refusal, at most 2 s). */
@@ -30,6 +36,7 @@ export const DEFAULT_DISPATCHER_LIMITS: DispatcherLimits = {
   maxBatchBytes: 256 * 1024,
   maxInFlight: 2,
   maxQueued: 4096,
+  maxQueueWaitMs: 1_000,
   attempts: 4,
   backoffMs: 50,
 };
@@ -45,6 +52,8 @@ const MOVE = new Set([Code.Unavailable, Code.Canceled, Code.Aborted]);
 
 interface Pending {
   readonly item: SendMessageRequest;
+  /** When it was queued (the clock's time). */
+  readonly at: number;
   readonly bytes: number;
   readonly resolve: (outcome: ChatOutcome) => void;
 }
@@ -96,9 +105,21 @@ export class ChatDispatcher {
   /** Set while work waits for an instance to cool down. */
   #wake: NodeJS.Timeout | undefined;
   #lastWarn = -Infinity;
+  readonly #now: () => number;
 
-  /** `addresses` is read at every call: the logic instances to use now (the registry's serving ones). */
-  constructor(send: SendBatch, addresses: () => readonly string[], limits: Partial<DispatcherLimits> = {}, metrics?: Metrics, log?: Logger) {
+  /**
+   * `addresses` is read at every call: the logic instances to use now (the registry's serving
+   * ones). `now` is the clock of queue waits (tests pass their own).
+   */
+  constructor(
+    send: SendBatch,
+    addresses: () => readonly string[],
+    limits: Partial<DispatcherLimits> = {},
+    metrics?: Metrics,
+    log?: Logger,
+    now: () => number = () => performance.now(),
+  ) {
+    this.#now = now;
     this.#send = send;
     this.#addresses = addresses;
     this.#limits = { ...DEFAULT_DISPATCHER_LIMITS, ...limits };
@@ -121,12 +142,14 @@ export class ChatDispatcher {
    * `resource_exhausted` at once.
    */
   submit(item: SendMessageRequest): Promise<ChatOutcome> {
-    if (this.#queuedChats >= this.#limits.maxQueued) {
+    const now = this.#now();
+    const oldest = this.#queue[0];
+    if (this.#queuedChats >= this.#limits.maxQueued || (oldest !== undefined && now - oldest.at > this.#limits.maxQueueWaitMs)) {
       this.#metrics?.chatsShed.inc({ reason: "queue" });
       return Promise.resolve({ errorCode: "resource_exhausted", error: "the server is busy; resend shortly" });
     }
     return new Promise<ChatOutcome>((resolve) => {
-      this.#queue.push({ item, bytes: encodedSizeBound(item), resolve });
+      this.#queue.push({ item, at: now, bytes: encodedSizeBound(item), resolve });
       this.#queuedChats++;
       this.#pump();
     });
