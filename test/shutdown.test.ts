@@ -280,12 +280,12 @@ describeWith(services, "shutdown (cluster)", () => {
   });
 
   it("shutdown - a chat in flight at logic gets its ack when logic is stopped", async () => {
-    const slowLogic = await cluster.startProcess("logic", { RESONANCE_FAULTS: "logic.SendMessage=1000" });
+    const slowLogic = await cluster.startProcess("logic", { RESONANCE_FAULTS: "logic.SendMessages=1000" });
     const gw = await cluster.startProcess("gateway", { RESONANCE_LOGIC_ADDRESSES: `127.0.0.1:${slowLogic.env.RESONANCE_LOGIC_PORT}` });
     const s = new RawSocket(baseUrl(gw), alice);
     await s.opened;
     s.send({ seq: "slow-1", payload: { case: "chat", value: { sessionId: "0", content: "in flight" } } });
-    await slowLogic.waitForLog((l) => l.fault === "logic.SendMessage");
+    await slowLogic.waitForLog((l) => l.fault === "logic.SendMessages");
     slowLogic.kill("SIGTERM");
     const ack = await s.ackFor("slow-1");
     expect(ack.error).toBe("");

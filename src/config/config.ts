@@ -66,6 +66,8 @@ const schema = z.object({
   RESONANCE_WS_PING_INTERVAL: atLeast(100).default(25_000),
   RESONANCE_CHAT_RATE: positiveInt.default(50),
   RESONANCE_CHAT_BURST: positiveInt.default(200),
+  RESONANCE_WS_CHAT_WINDOW: positiveInt.default(64),
+  RESONANCE_CHAT_QUEUE: positiveInt.default(4096),
   RESONANCE_AUTH_RATE: positiveInt.default(10),
   RESONANCE_AUTH_BURST: positiveInt.default(50),
   RESONANCE_PRESENCE_BATCH: positiveInt.default(500),
@@ -128,6 +130,10 @@ export interface Config {
     readonly wsPingIntervalMs: number;
     readonly chatRatePerSec: number;
     readonly chatBurst: number;
+    /** Most chats of one connection waiting for their ack (beyond: `resource_exhausted` at once). */
+    readonly wsChatWindow: number;
+    /** Most chats a gateway holds waiting for a call to logic (beyond: `resource_exhausted` at once). */
+    readonly chatQueue: number;
     /** Login/Register attempts per second per client address, and burst. */
     readonly authRatePerSec: number;
     readonly authBurst: number;
@@ -273,6 +279,8 @@ export function parseConfig(env: RawEnv): Config {
       wsPingIntervalMs: e.RESONANCE_WS_PING_INTERVAL,
       chatRatePerSec: e.RESONANCE_CHAT_RATE,
       chatBurst: e.RESONANCE_CHAT_BURST,
+      wsChatWindow: e.RESONANCE_WS_CHAT_WINDOW,
+      chatQueue: e.RESONANCE_CHAT_QUEUE,
       authRatePerSec: e.RESONANCE_AUTH_RATE,
       authBurst: e.RESONANCE_AUTH_BURST,
     }),

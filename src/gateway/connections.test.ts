@@ -5,8 +5,8 @@ import { describe, expect, it } from "vitest";
 import type { WebSocket } from "ws";
 import { PushMessageSchema } from "../gen/resonance/gateway/v1/gateway_pb.js";
 import { Metrics } from "../observability/metrics.js";
+import type { ChatDispatcher } from "./chat-dispatcher.js";
 import { ConnectionHub } from "./connections.js";
-import type { LogicClient } from "./logic-client.js";
 import type { PresenceReporter } from "./presence.js";
 
 /** A socket whose peer reads nothing: sends are never reported written. */
@@ -30,8 +30,8 @@ function hub(sendQueue: number) {
   const presence = { online: () => {}, offline: () => {} } as unknown as PresenceReporter;
   const metrics = new Metrics();
   const h = new ConnectionHub(
-    { sendQueue, idleTimeoutMs: 60_000, pingIntervalMs: 25_000, chatRatePerSec: 10, chatBurst: 10 },
-    {} as LogicClient,
+    { sendQueue, idleTimeoutMs: 60_000, pingIntervalMs: 25_000, chatRatePerSec: 10, chatBurst: 10, chatWindow: 64 },
+    {} as ChatDispatcher,
     presence,
     metrics,
     pino({ level: "silent" }),

@@ -1,12 +1,10 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { ConnectError } from "@connectrpc/connect";
 import type { WebSocket } from "ws";
 import { AckSchema, GoawaySchema, WsPacketSchema, type PushMessage, type WsPacket } from "../gen/resonance/gateway/v1/gateway_pb.js";
-import { ChatService } from "../gen/resonance/logic/v1/logic_pb.js";
+import { SendMessageRequestSchema } from "../gen/resonance/logic/v1/logic_pb.js";
 import type { Logger } from "../observability/log.js";
-import { codeName } from "../rpc/code-names.js";
 import { closeCodeLabel, type Metrics } from "../observability/metrics.js";
-import type { LogicClient } from "./logic-client.js";
+import type { ChatDispatcher } from "./chat-dispatcher.js";
 import type { PresenceReporter } from "./presence.js";
 
 export const CLOSE = {
@@ -24,6 +22,8 @@ export interface HubOptions {
   readonly pingIntervalMs: number;
   readonly chatRatePerSec: number;
   readonly chatBurst: number;
+  /** Most chats of one connection waiting for their ack; beyond it a chat is answered `resource_exhausted` at once. */
+  readonly chatWindow: number;
 }
 
 const PULSE = toBinary(WsPacketSchema, create(WsPacketSchema, { payload: { case: "pulse", value: {} } }));
@@ -35,6 +35,8 @@ class Connection {
   readonly ws: WebSocket;
   lastSeen = Date.now();
   queued = 0;
+  /** Chats received and not yet acked. */
+  unacked = 0;
   tokens: number;
   refilled = Date.now();
   expiryTimer: NodeJS.Timeout | undefined;
@@ -54,7 +56,7 @@ class Connection {
  */
 export class ConnectionHub {
   readonly #opts: HubOptions;
-  readonly #logic: LogicClient;
+  readonly #chats: ChatDispatcher;
   readonly #presence: PresenceReporter;
   readonly #metrics: Metrics;
   readonly #log: Logger;
@@ -66,9 +68,9 @@ export class ConnectionHub {
   #chatsIdle: (() => void) | undefined;
   readonly counts = { slowConsumers: 0, chatsRefused: 0 };
 
-  constructor(opts: HubOptions, logic: LogicClient, presence: PresenceReporter, metrics: Metrics, log: Logger) {
+  constructor(opts: HubOptions, chats: ChatDispatcher, presence: PresenceReporter, metrics: Metrics, log: Logger) {
     this.#opts = opts;
-    this.#logic = logic;
+    this.#chats = chats;
     this.#presence = presence;
     this.#metrics = metrics;
     this.#log = log;
@@ -181,6 +183,7 @@ export class ConnectionHub {
     return true;
   }
 
+  /** Handles one chat: checks, then logic through the dispatcher, then the ack. Never rejects. */
   async #chat(conn: Connection, packet: WsPacket): Promise<void> {
     if (packet.payload.case !== "chat") return;
     const chat = packet.payload.value;
@@ -198,12 +201,17 @@ export class ConnectionHub {
       conn.tokens -= 1; // Persistent flooding ends in a 4429 close.
       return this.#ack(conn, seq, { error: "too many messages; slow down", errorCode: "resource_exhausted", sessionId: chat.sessionId });
     }
+    if (conn.unacked >= this.#opts.chatWindow) {
+      this.#metrics.chatsShed.inc({ reason: "window" });
+      return this.#ack(conn, seq, { error: `more than ${this.#opts.chatWindow} messages unacknowledged; wait for their acks`, errorCode: "resource_exhausted", sessionId: chat.sessionId });
+    }
     this.#metrics.messagesIn.inc();
     const started = performance.now();
+    conn.unacked++;
     this.#chatsInFlight++;
     try {
-      const r = await this.#logic.call(ChatService, (c) =>
-        c.sendMessage({
+      const r = await this.#chats.submit(
+        create(SendMessageRequestSchema, {
           sessionId: chat.sessionId,
           fromUsername: conn.username,
           toUsername: chat.toUsername,
@@ -213,12 +221,13 @@ export class ConnectionHub {
           clientMsgId: seq,
         }),
       );
-      this.#ack(conn, seq, { msgId: r.msgId, seqId: r.seqId, sessionId: chat.sessionId });
-      this.#metrics.ackLatency.observe((performance.now() - started) / 1000);
-    } catch (err) {
-      const ce = ConnectError.from(err);
-      this.#ack(conn, seq, { error: ce.rawMessage, errorCode: codeName(ce.code), sessionId: chat.sessionId });
+      if ("errorCode" in r) this.#ack(conn, seq, { error: r.error, errorCode: r.errorCode, sessionId: chat.sessionId });
+      else {
+        this.#ack(conn, seq, { msgId: r.msgId, seqId: r.seqId, sessionId: chat.sessionId });
+        this.#metrics.ackLatency.observe((performance.now() - started) / 1000);
+      }
     } finally {
+      conn.unacked--;
       if (--this.#chatsInFlight === 0) this.#chatsIdle?.();
     }
   }

@@ -8,6 +8,7 @@ import type { Metrics } from "../observability/metrics.js";
 import { Channels } from "../rpc/channels.js";
 import { RpcServer } from "../rpc/server.js";
 import { TokenValidator } from "./auth-cache.js";
+import { ChatDispatcher } from "./chat-dispatcher.js";
 import { ConnectionHub } from "./connections.js";
 import { PublicServer } from "./http-server.js";
 import { LogicClient } from "./logic-client.js";
@@ -35,6 +36,7 @@ export class GatewayService {
   #registration: Registration | undefined;
   #presence: PresenceReporter | undefined;
   #hub: ConnectionHub | undefined;
+  #chats: ChatDispatcher | undefined;
   #public: PublicServer | undefined;
   #push: RpcServer | undefined;
   #readiness: LogicReadiness | undefined;
@@ -88,6 +90,9 @@ export class GatewayService {
       log.child({ part: "presence" }),
     );
     this.#presence = presence;
+    const chats = new ChatDispatcher((address, items) => logic.sendMessages(address, items), () => logic.addresses, { maxQueued: c.limits.chatQueue }, this.#d.metrics, log.child({ part: "chats" }));
+    this.#chats = chats;
+    this.#d.metrics.gauge("resonance_chats_queued", "Chats waiting in the gateway for a call to logic", () => chats.queued);
     const hub: ConnectionHub = new ConnectionHub(
       {
         sendQueue: c.limits.wsSendQueue,
@@ -95,8 +100,9 @@ export class GatewayService {
         pingIntervalMs: c.limits.wsPingIntervalMs,
         chatRatePerSec: c.limits.chatRatePerSec,
         chatBurst: c.limits.chatBurst,
+        chatWindow: c.limits.wsChatWindow,
       },
-      logic,
+      chats,
       presence,
       this.#d.metrics,
       log.child({ part: "ws" }),
@@ -244,6 +250,7 @@ export class GatewayService {
     this.#readiness?.stop();
     this.#public?.close();
     await this.#presence?.stop();
+    this.#chats?.close();
     await this.#push?.stop(0);
     await this.#registration?.deregister();
     await this.#watch?.close();

@@ -22,6 +22,18 @@ export class Metrics {
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
     registers: [this.registry],
   });
+  readonly chatBatches = new Counter({
+    name: "resonance_chat_batches_total",
+    help: "SendMessages calls from a gateway to logic, by outcome (ok, moved to another instance, failed)",
+    labelNames: ["outcome"],
+    registers: [this.registry],
+  });
+  readonly chatsShed = new Counter({
+    name: "resonance_chats_shed_total",
+    help: "Chats answered resource_exhausted at once, by reason (window: the connection's unacked window is full; queue: the gateway's queue towards logic is full)",
+    labelNames: ["reason"],
+    registers: [this.registry],
+  });
   readonly badInput = new Counter({ name: "resonance_bad_input_total", help: "Rejected malformed input", labelNames: ["kind"], registers: [this.registry] });
   readonly messagesCommitted = new Counter({ name: "resonance_messages_committed_total", help: "Messages committed by logic", registers: [this.registry] });
   readonly outboxPublished = new Counter({ name: "resonance_outbox_published_total", help: "Outbox events published", registers: [this.registry] });
