@@ -99,6 +99,7 @@ describe("rpc server - errors and the shared secret", () => {
 });
 
 describe("rpc server - in process (no port)", () => {
+  let handlerAborted = false;
   /** A server whose handler waits until the test lets it answer; `listen` false, as in `all` without etcd. */
   function start(): { server: RpcServer; local: LocalServers; entered: Promise<void>; release: () => void } {
     const local = new LocalServers();
@@ -116,10 +117,15 @@ describe("rpc server - in process (no port)", () => {
       listen: false,
       routes: (router) =>
         router.service(SessionService, {
-          async searchUser(req) {
+          async searchUser(req, ctx) {
             if (req.query === "wait") {
               entered();
               await gate;
+            }
+            if (req.query === "until-aborted") {
+              entered();
+              await new Promise((r) => ctx.signal.addEventListener("abort", r));
+              handlerAborted = true;
             }
             if (req.query === "boom") throw new Error("boom with a secret detail");
             return { users: [{ username: req.query }] };
@@ -180,6 +186,21 @@ describe("rpc server - in process (no port)", () => {
     } finally {
       release();
       ch.close();
+    }
+  });
+
+  it("rpc - in process, a call past its deadline is answered deadline_exceeded and the handler's signal is aborted", async () => {
+    const { server, local, entered } = start();
+    await server.start();
+    const ch = new Channels({ timeoutMs: 5_000, secret: SECRET, local });
+    try {
+      const call = ch.client(SessionService, server.address).searchUser({ query: "until-aborted" }, { timeoutMs: 50 });
+      await entered;
+      await expect(call).rejects.toMatchObject({ code: Code.DeadlineExceeded });
+      await expect.poll(() => handlerAborted).toBe(true);
+    } finally {
+      ch.close();
+      await server.stop(1_000);
     }
   });
 });

@@ -1,10 +1,10 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
-import { Code, ConnectError, createRouterTransport, type ConnectRouter, type Interceptor, type Transport } from "@connectrpc/connect";
+import { Code, ConnectError, type ConnectRouter, type Interceptor, type Transport } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { Logger } from "../observability/log.js";
-import { IN_PROCESS_SCHEME, type InProcessClientOptions, type InProcessServer, type LocalServers } from "./in-process.js";
+import { IN_PROCESS_SCHEME, createDirectTransport, type InProcessClientOptions, type InProcessServer, type LocalServers } from "./in-process.js";
 
 export type ListenerState = "idle" | "running" | "draining" | "closed";
 
@@ -151,7 +151,7 @@ export class RpcServer implements InProcessServer {
   /**
    * A transport for callers in this process: requests are encoded and decoded as on the wire
    * (the handlers see exactly what a remote call would give them) but go straight to this
-   * server's router and its guard, with no socket.
+   * server's handlers through its guard, with no socket (see createDirectTransport).
    */
   transport(client: InProcessClientOptions): Transport {
     const callers = this.#localCallers;
@@ -163,9 +163,12 @@ export class RpcServer implements InProcessServer {
           .then(resolve, reject)
           .finally(() => callers.delete(reject));
       });
-    return createRouterTransport(this.#opts.routes, {
-      transport: { interceptors: [...client.interceptors, severable], defaultTimeoutMs: client.defaultTimeoutMs },
-      router: { interceptors: [this.#guard], readMaxBytes: READ_MAX_BYTES },
+    return createDirectTransport({
+      routes: this.#opts.routes,
+      clientInterceptors: [...client.interceptors, severable],
+      serverInterceptors: [this.#guard],
+      defaultTimeoutMs: client.defaultTimeoutMs,
+      readMaxBytes: READ_MAX_BYTES,
     });
   }
 
