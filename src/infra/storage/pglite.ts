@@ -177,6 +177,9 @@ export class PgliteStorage implements Storage {
   #db: PGlite | undefined;
   #lockHeld = false;
   #vacuumTimer: NodeJS.Timeout | undefined;
+  /** Parameterized statements run so far, and when the last look for dead rows was. */
+  #statements = 0;
+  #statementsAtVacuum = 0;
   #starting: Promise<void> | undefined;
   #closing: Promise<void> | undefined;
 
@@ -229,10 +232,16 @@ export class PgliteStorage implements Storage {
    * the tables vacuumed.
    */
   async vacuumDead(): Promise<string[]> {
-    if (this.#closing || !this.#db) return [];
+    // Nothing written since the last look: nothing to do (an idle process does no work).
+    if (this.#closing || !this.#db || this.#statements === this.#statementsAtVacuum) return [];
+    this.#statementsAtVacuum = this.#statements;
+    // pg_class and the stats functions, prepared: a few times cheaper than the pg_stat_user_tables view.
     const { rows } = await this.query<{ name: string }>(
-      `select format('%I.%I', schemaname, relname) as name from pg_stat_user_tables
-        where n_dead_tup > ${VACUUM_DEAD_ROWS} + ${VACUUM_DEAD_SHARE} * n_live_tup order by n_dead_tup desc`,
+      `select c.oid::regclass::text as name from pg_class c
+        where c.relkind = 'r' and c.relnamespace = $1::regnamespace
+          and pg_stat_get_dead_tuples(c.oid) > $2::float8 + $3::float8 * pg_stat_get_live_tuples(c.oid)
+        order by pg_stat_get_dead_tuples(c.oid) desc`,
+      ["public", VACUUM_DEAD_ROWS, VACUUM_DEAD_SHARE],
     );
     for (const { name } of rows) {
       if (this.#closing) break;
@@ -329,6 +338,7 @@ export class PgliteStorage implements Storage {
   /** A parameterized statement as a prepared statement (see {@link PreparedStatements}). */
   async #runPrepared<R>(db: PGlite, sql: string, params: readonly unknown[], inTransaction: boolean): Promise<QueryResult<R>> {
     await db._checkReady();
+    this.#statements++;
     return normalize<R>(await db._runExclusiveQuery(() => this.#prepared.run(db, sql, params, inTransaction)));
   }
 
