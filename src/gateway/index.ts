@@ -6,6 +6,7 @@ import type { Registration, Registry, RegistryWatch } from "../infra/registry/ty
 import type { Logger } from "../observability/log.js";
 import type { Metrics } from "../observability/metrics.js";
 import { Channels } from "../rpc/channels.js";
+import type { InProcessWiring } from "../rpc/in-process.js";
 import { RpcServer } from "../rpc/server.js";
 import { TokenValidator } from "./auth-cache.js";
 import { ChatDispatcher } from "./chat-dispatcher.js";
@@ -22,6 +23,8 @@ export interface GatewayDeps {
   readonly registry: Registry;
   /** Probe logic and be ready only while it answers (a gateway of its own; in `all` logic is in this process). */
   readonly probeLogic?: boolean;
+  /** In `all`: logic is called in process, and the PushService serves the task in process (with no port when `listen` is false). */
+  readonly inProcess?: InProcessWiring | undefined;
 }
 
 /**
@@ -44,7 +47,7 @@ export class GatewayService {
   constructor(config: Config, deps: GatewayDeps) {
     this.#config = config;
     this.#d = deps;
-    this.#channels = new Channels({ timeoutMs: 10_000, secret: config.internalSecret });
+    this.#channels = new Channels({ timeoutMs: 10_000, secret: config.internalSecret, local: deps.inProcess?.servers });
   }
 
   get httpPort(): number {
@@ -147,6 +150,9 @@ export class GatewayService {
       host: c.listen.host,
       secret: c.internalSecret,
       port: c.listen.pushPort,
+      advertiseHost: c.listen.advertiseHost,
+      local: this.#d.inProcess?.servers,
+      listen: this.#d.inProcess?.listen ?? true,
       onRefused: () => this.#d.metrics.internalRefused.inc(),
       log,
       routes: (router: ConnectRouter) =>
@@ -185,7 +191,7 @@ export class GatewayService {
     this.#registration = await this.#d.registry.register({
       service: "gateway",
       id: c.instanceId,
-      address: `${c.listen.advertiseHost}:${this.#push.port}`,
+      address: this.#push.address,
       state: "serving",
     });
   }

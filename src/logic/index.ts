@@ -8,6 +8,7 @@ import type { Storage } from "../infra/storage/types.js";
 import type { Faults } from "../lifecycle/faults.js";
 import type { Logger } from "../observability/log.js";
 import type { Metrics } from "../observability/metrics.js";
+import type { InProcessWiring } from "../rpc/in-process.js";
 import { RpcServer } from "../rpc/server.js";
 import { KdfQueue, Tokens } from "./auth.js";
 import { logicRoutes } from "./handlers.js";
@@ -27,6 +28,8 @@ export interface LogicDeps {
   readonly tokenSecret: string;
   /** Name of this instance's connections (Redis `CLIENT SETNAME`); default `resonance-logic-<instance>`. */
   readonly connectionName?: string;
+  /** In `all`: the gateway calls in process (no port when `listen` is false), and so do revocations. */
+  readonly inProcess?: InProcessWiring | undefined;
 }
 
 /** Password hashes computed at once; each takes ~50 ms of one core and 16 MiB. */
@@ -67,7 +70,7 @@ export class LogicService {
       log: deps.log.child({ part: "limits" }),
       ...(ns ? { prefix: `${ns}:resonance:limit:` } : {}),
     });
-    this.#revocations = new RevocationNotifier(deps.registry, config.internalSecret, deps.log.child({ part: "revoke" }));
+    this.#revocations = new RevocationNotifier(deps.registry, config.internalSecret, deps.log.child({ part: "revoke" }), deps.inProcess?.servers);
     this.#relay = new OutboxRelay(this.#store, deps.queue.publisher, { ...config.relay, owner: config.instanceId }, deps.log.child({ part: "relay" }), deps.metrics);
     this.#commits = new GroupCommit(
       this.#store,
@@ -87,6 +90,9 @@ export class LogicService {
       host: config.listen.host,
       secret: config.internalSecret,
       port: config.listen.logicPort,
+      advertiseHost: config.listen.advertiseHost,
+      local: deps.inProcess?.servers,
+      listen: deps.inProcess?.listen ?? true,
       onRefused: () => deps.metrics.internalRefused.inc(),
       log: deps.log,
       routes: logicRoutes({
@@ -119,7 +125,7 @@ export class LogicService {
     this.#registration = await this.#d.registry.register({
       service: "logic",
       id: this.#config.instanceId,
-      address: `${this.#config.listen.advertiseHost}:${this.#rpc.port}`,
+      address: this.#rpc.address,
       state: "serving",
     });
   }

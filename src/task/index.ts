@@ -10,6 +10,7 @@ import type { Faults } from "../lifecycle/faults.js";
 import type { Logger } from "../observability/log.js";
 import type { Metrics } from "../observability/metrics.js";
 import { Channels } from "../rpc/channels.js";
+import type { LocalServers } from "../rpc/in-process.js";
 import { writeInboxFront } from "./inbox.js";
 import { GatewayPusher, type PushClient } from "./pusher.js";
 
@@ -26,6 +27,8 @@ export interface TaskDeps {
    * channels. In one process (`all`) the gateway itself can be passed.
    */
   readonly pushClient?: ((address: string) => PushClient) | undefined;
+  /** In `all`: the servers of this process; a gateway found there is called without a socket. */
+  readonly localServers?: LocalServers | undefined;
 }
 
 /** Batches handled at once: while one batch's inbox statement runs, the next is decoded and sent. */
@@ -119,7 +122,7 @@ export class TaskService {
   constructor(config: Config, deps: TaskDeps) {
     this.#config = config;
     this.#d = deps;
-    this.#channels = new Channels({ timeoutMs: 5_000, secret: config.internalSecret });
+    this.#channels = new Channels({ timeoutMs: 5_000, secret: config.internalSecret, local: deps.localServers });
     this.#stopping = new Promise((resolve) => (this.#stop = resolve));
     deps.metrics.gauge("resonance_consumer_ack_pending", "Queue events delivered and not yet acked", async () => (await deps.queue.consumer.pending()).ackPending);
     deps.metrics.gauge("resonance_consumer_lag", "Queue events waiting to be delivered", async () => (await deps.queue.consumer.pending()).waiting);
