@@ -14,6 +14,7 @@ import { LogicClient } from "./logic-client.js";
 import { LogicReadiness, SECRET_MISMATCH_MESSAGE } from "./logic-readiness.js";
 import { PresenceReporter } from "./presence.js";
 import { publicRoutes } from "./public-api.js";
+import { ConnectionSlots } from "./user-limits.js";
 
 export interface GatewayDeps {
   readonly log: Logger;
@@ -90,7 +91,7 @@ export class GatewayService {
     this.#presence = presence;
     const hub: ConnectionHub = new ConnectionHub(
       {
-        sendQueue: c.limits.wsSendQueue,
+        sendBufferBytes: c.limits.wsSendBufferBytes,
         idleTimeoutMs: c.limits.wsIdleTimeoutMs,
         pingIntervalMs: c.limits.wsPingIntervalMs,
         chatRatePerSec: c.limits.chatRatePerSec,
@@ -133,6 +134,7 @@ export class GatewayService {
         hub.add(ws, p, ip);
       },
       authRate: { perSec: c.limits.authRatePerSec, burst: c.limits.authBurst },
+      slots: new ConnectionSlots({ perUser: c.limits.wsPerUser, perAddress: c.limits.wsPerAddress }),
       log,
       metrics: this.#d.metrics,
     });
