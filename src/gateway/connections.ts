@@ -36,6 +36,9 @@ const PULSE = toBinary(WsPacketSchema, create(WsPacketSchema, { payload: { case:
  * not after megabytes piled up inside the socket.
  */
 const WRITE_WINDOW = 64 * 1024;
+/** How long a closed connection has to answer the close frame before it is cut off. */
+const CLOSE_WAIT_MS = 5_000;
+const SLOW_CLOSE_WAIT_MS = 30_000;
 /** Longest a rate-limit close waits for the acks of the chats already accepted. */
 const ACKS_BEFORE_CLOSE_MS = 15_000;
 
@@ -373,8 +376,10 @@ export class ConnectionHub {
     conn.out.length = 0;
     conn.outBytes = 0;
     conn.ws.close(code, reason);
-    // A peer that never answers the close frame is cut off.
-    setTimeout(() => conn.ws.terminate(), 5_000).unref();
+    // A peer that never answers the close frame is cut off. A slow reader gets longer: the close
+    // frame waits behind what its socket already holds (our own queue is dropped, so this costs
+    // only the kernel's buffers), and a reader that catches up should see 1013, not a reset.
+    setTimeout(() => conn.ws.terminate(), code === CLOSE.tryAgainLater ? SLOW_CLOSE_WAIT_MS : CLOSE_WAIT_MS).unref();
   }
 
   /** From now on chats are answered with `unavailable`; resolves when the chats in flight have their ack. */
