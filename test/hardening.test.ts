@@ -189,9 +189,13 @@ describe.each(modes)("hardening (%s)", (mode) => {
     await expect(anon.auth.login({ username: "erin", password: "wrong-guess" })).rejects.toMatchObject({ code: Code.Unauthenticated });
   });
 
-  it("hardening - nicknames and group names with bidi overrides are refused; a user may create 20 groups, then must wait", async () => {
+  it("hardening - nicknames and group names with bidi overrides are refused; a user may create 20 groups (refused attempts not counted), then must wait", async () => {
     const api = createApi(url, { binary: false, token: token.bob! });
     await expect(api.session.createSession({ members: ["alice"], name: "pay\u202eme", type: 2 })).rejects.toMatchObject({ code: Code.InvalidArgument });
+    // Refused requests (unknown members) spend nothing of the budget.
+    for (let i = 0; i < 5; i++) {
+      await expect(api.session.createSession({ members: ["alice", `ghost-of-${i}`], name: `nope ${i}`, type: 2 })).rejects.toMatchObject({ code: Code.NotFound });
+    }
     const made = [];
     for (let i = 0; i < 20; i++) made.push((await api.session.createSession({ members: ["alice"], name: `group ${i}`, type: 2 })).sessionId);
     expect(new Set(made).size).toBe(20);

@@ -21,6 +21,8 @@ const positiveInt = number.pipe(z.number().int().positive());
 /** A duration of at least `min` ms. */
 const atLeast = (min: number) => duration.pipe(z.number().min(min, `must be at least ${min} ms`));
 const bytes = number.pipe(z.number().int().min(1024).max(16 * 1024 * 1024));
+/** A per-connection send buffer: room for the largest frame at least, at most 64 MiB. */
+const sendBuffer = number.pipe(z.number().int().min(64 * 1024, "must be at least 65536 (64 KiB)").max(64 * 1024 * 1024));
 const optionalUrl = z
   .string()
   .trim()
@@ -61,7 +63,9 @@ const schema = z.object({
   RESONANCE_LOG_FORMAT: z.enum(["auto", "json", "pretty"]).default("auto"),
   RESONANCE_MAX_FRAME_BYTES: bytes.default(64 * 1024),
   RESONANCE_MAX_CONTENT_CHARS: positiveInt.default(8000),
-  RESONANCE_WS_SEND_QUEUE: positiveInt.default(1024),
+  RESONANCE_WS_SEND_BUFFER: sendBuffer.default(1024 * 1024),
+  RESONANCE_WS_PER_USER: positiveInt.default(16),
+  RESONANCE_WS_PER_ADDRESS: positiveInt.default(512),
   RESONANCE_WS_IDLE_TIMEOUT: atLeast(1000).default(60_000),
   RESONANCE_WS_PING_INTERVAL: atLeast(100).default(25_000),
   RESONANCE_CHAT_RATE: positiveInt.default(50),
@@ -125,7 +129,11 @@ export interface Config {
   readonly limits: {
     readonly maxFrameBytes: number;
     readonly maxContentChars: number;
-    readonly wsSendQueue: number;
+    /** Bytes a connection may have waiting to be written before it is closed as a slow consumer (1013). */
+    readonly wsSendBufferBytes: number;
+    /** Most WebSocket connections of one user on one gateway, and from one client address. */
+    readonly wsPerUser: number;
+    readonly wsPerAddress: number;
     readonly wsIdleTimeoutMs: number;
     readonly wsPingIntervalMs: number;
     readonly chatRatePerSec: number;
@@ -274,7 +282,9 @@ export function parseConfig(env: RawEnv): Config {
     limits: Object.freeze({
       maxFrameBytes: e.RESONANCE_MAX_FRAME_BYTES,
       maxContentChars: e.RESONANCE_MAX_CONTENT_CHARS,
-      wsSendQueue: e.RESONANCE_WS_SEND_QUEUE,
+      wsSendBufferBytes: e.RESONANCE_WS_SEND_BUFFER,
+      wsPerUser: e.RESONANCE_WS_PER_USER,
+      wsPerAddress: e.RESONANCE_WS_PER_ADDRESS,
       wsIdleTimeoutMs: e.RESONANCE_WS_IDLE_TIMEOUT,
       wsPingIntervalMs: e.RESONANCE_WS_PING_INTERVAL,
       chatRatePerSec: e.RESONANCE_CHAT_RATE,

@@ -16,6 +16,7 @@ import { LogicClient } from "./logic-client.js";
 import { LogicReadiness, SECRET_MISMATCH_MESSAGE } from "./logic-readiness.js";
 import { PresenceReporter } from "./presence.js";
 import { publicRoutes } from "./public-api.js";
+import { ConnectionSlots } from "./user-limits.js";
 
 export interface GatewayDeps {
   readonly log: Logger;
@@ -98,7 +99,7 @@ export class GatewayService {
     this.#d.metrics.gauge("resonance_chats_queued", "Chats waiting in the gateway for a call to logic", () => chats.queued);
     const hub: ConnectionHub = new ConnectionHub(
       {
-        sendQueue: c.limits.wsSendQueue,
+        sendBufferBytes: c.limits.wsSendBufferBytes,
         idleTimeoutMs: c.limits.wsIdleTimeoutMs,
         pingIntervalMs: c.limits.wsPingIntervalMs,
         chatRatePerSec: c.limits.chatRatePerSec,
@@ -142,6 +143,7 @@ export class GatewayService {
         hub.add(ws, p, ip);
       },
       authRate: { perSec: c.limits.authRatePerSec, burst: c.limits.authBurst },
+      slots: new ConnectionSlots({ perUser: c.limits.wsPerUser, perAddress: c.limits.wsPerAddress }),
       log,
       metrics: this.#d.metrics,
     });

@@ -148,15 +148,16 @@ export function logicRoutes(d: HandlerDeps) {
         if (req.type === SESSION_SINGLE && others.length !== 1) invalid("a single chat has exactly one other member");
         if (others.length + 1 > MAX_GROUP_MEMBERS) invalid(`a group has at most ${MAX_GROUP_MEMBERS} members`);
         const name = req.type === SESSION_GROUP ? checkName(req.name, "name") : "";
+        const found = await d.store.resolveUsers(others);
+        const missing = others.filter((m) => !found.has(m));
+        if (missing.length > 0) throw new ConnectError(`unknown users: ${listSome(missing)}`, Code.NotFound);
+        // The budget is spent only by a request that can succeed (a refused one costs one lookup).
         if (req.type === SESSION_GROUP) {
           const t = await d.limits.take(`group:${me}`, GROUP_CREATION);
           if (!t.allowed) {
             throw new ConnectError(`too many groups created; try again in ${Math.ceil(t.retryAfterMs / 1000)} s`, Code.ResourceExhausted);
           }
         }
-        const found = await d.store.resolveUsers(others);
-        const missing = others.filter((m) => !found.has(m));
-        if (missing.length > 0) throw new ConnectError(`unknown users: ${listSome(missing)}`, Code.NotFound);
         const members = others.map((m) => found.get(m)!);
         if (req.type === SESSION_SINGLE) {
           const id = singleChatId(creator, members[0]!);

@@ -14,6 +14,12 @@ export class Metrics {
     labelNames: ["code", "reason"],
     registers: [this.registry],
   });
+  readonly wsLimited = new Counter({
+    name: "resonance_ws_limited_total",
+    help: "WebSocket connections refused or closed by a limit (connections-per-user, connections-per-address, send-buffer, chat-rate)",
+    labelNames: ["limit"],
+    registers: [this.registry],
+  });
   readonly messagesIn = new Counter({ name: "resonance_messages_in_total", help: "Chat messages received from clients", registers: [this.registry] });
   readonly messagesOut = new Counter({ name: "resonance_messages_out_total", help: "Messages pushed to clients", registers: [this.registry] });
   readonly ackLatency = new Histogram({
