@@ -75,6 +75,7 @@ const schema = z.object({
   RESONANCE_RELAY_INTERVAL: atLeast(10).default(200),
   RESONANCE_TASK_CONCURRENCY: positiveInt.default(256),
   RESONANCE_ACK_WAIT: atLeast(1000).default(30_000),
+  RESONANCE_INBOX_FANOUT_LIMIT: positiveInt.default(200),
   RESONANCE_FAULTS: z.string().default(""),
   RESONANCE_NAMESPACE: z
     .string()
@@ -133,6 +134,11 @@ export interface Config {
   readonly presence: { readonly batchSize: number; readonly intervalMs: number; readonly routeTtlMs: number };
   readonly relay: { readonly batchSize: number; readonly intervalMs: number };
   readonly task: { readonly concurrency: number; readonly ackWaitMs: number };
+  /**
+   * Sessions with more members are "large": their messages get no inbox rows (fan-out on read);
+   * logic decides it per message when it builds the queue event.
+   */
+  readonly inboxFanoutLimit: number;
   /** Fault injection for tests: "name=ms" or "name=hang", comma-separated. Empty by default. */
   readonly faults: ReadonlyMap<string, number | "hang">;
   /**
@@ -277,6 +283,7 @@ export function parseConfig(env: RawEnv): Config {
     }),
     relay: Object.freeze({ batchSize: e.RESONANCE_RELAY_BATCH, intervalMs: e.RESONANCE_RELAY_INTERVAL }),
     task: Object.freeze({ concurrency: e.RESONANCE_TASK_CONCURRENCY, ackWaitMs: e.RESONANCE_ACK_WAIT }),
+    inboxFanoutLimit: e.RESONANCE_INBOX_FANOUT_LIMIT,
     faults: parseFaults(e.RESONANCE_FAULTS),
     namespace: e.RESONANCE_NAMESPACE,
   });

@@ -105,4 +105,14 @@ export const migrations: readonly Migration[] = [
       alter table users add column tokens_valid_after bigint not null default 0;
     `,
   },
+  {
+    version: 4,
+    name: "large sessions: member count",
+    sql: `
+      -- Kept by the code that adds members (registration, session creation). A session with more
+      -- members than RESONANCE_INBOX_FANOUT_LIMIT is "large": its messages get no inbox rows.
+      alter table sessions add column member_count int not null default 0;
+      update sessions s set member_count = (select count(*) from session_members m where m.session_id = s.id);
+    `,
+  },
 ];

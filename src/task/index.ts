@@ -187,8 +187,18 @@ export class TaskService {
       for (const e of events) e.delivered.working();
     }, Math.max(1_000, this.#config.task.ackWaitMs / 3));
     try {
-      const written = await this.#writeInbox(events);
+      // A large session's message has no inbox rows: it goes once to every gateway, whatever
+      // the member count, and its members catch it up by seq.
+      const large = events.filter((e) => e.event.large);
+      const small = large.length === 0 ? events : events.filter((e) => !e.event.large);
+      const written = small.length > 0 ? await this.#writeInbox(small) : [];
+      if (large.length > 0) {
+        this.#pushToMembers(large);
+        this.#d.metrics.largeEvents.inc(large.length);
+        written.push(...large);
+      }
       if (written.length === 0) return;
+      await this.#senderHasRead(written);
       await this.#d.faults.at("task.before-ack");
       await this.#d.queue.consumer.ackAll(written.map((e) => e.delivered));
       this.#d.metrics.eventsHandled.inc({ outcome: "acked" }, written.length);
@@ -221,6 +231,7 @@ export class TaskService {
       }
       const front = rest.slice(0, members.length);
       rest = rest.slice(members.length);
+      this.#d.metrics.inboxRows.inc(members.reduce((n, m) => n + m.length, 0));
       written.push(...front);
       this.#startPushes(front, members);
     }
@@ -233,6 +244,7 @@ export class TaskService {
     for (const [i, e] of events.entries()) {
       try {
         const members = await writeInboxFront(this.#d.storage, [e.event]);
+        this.#d.metrics.inboxRows.inc(members.reduce((n, m) => n + m.length, 0));
         written.push(e);
         this.#startPushes([e], members);
       } catch (err) {
@@ -254,6 +266,41 @@ export class TaskService {
     for (const e of events) {
       const backoff = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** Math.min(16, e.delivered.deliveryCount - 1));
       e.delivered.nak(backoff);
+    }
+  }
+
+  /** Each large-session message, once to every live gateway, which pushes it to its own connections of the session's members. */
+  #pushToMembers(events: readonly Decoded[]): void {
+    for (const { event } of events) {
+      const message = toPushMessage(event);
+      for (const address of new Set(this.#addresses.values())) this.#pusher(address).push([], message, true);
+    }
+  }
+
+  /**
+   * The sender has read their own message: their read position moves to it (never back), so
+   * their unread count does not count it, in small and large sessions alike. One statement per
+   * batch; a failure only leaves the count high until the next send or read, so it is logged, not retried.
+   */
+  async #senderHasRead(events: readonly Decoded[]): Promise<void> {
+    const upto = new Map<string, { sessionId: string; username: string; seq: bigint }>();
+    for (const { event: e } of events) {
+      if (!e.fromUsername) continue;
+      const key = `${e.sessionId}\u0000${e.fromUsername}`;
+      const had = upto.get(key);
+      if (!had || had.seq < e.seqId) upto.set(key, { sessionId: e.sessionId, username: e.fromUsername, seq: e.seqId });
+    }
+    if (upto.size === 0) return;
+    const rows = [...upto.values()];
+    try {
+      await this.#d.storage.query(
+        `update session_members sm set last_read_seq = v.seq
+           from unnest($1::text[], $2::text[], $3::bigint[]) as v(session_id, username, seq)
+          where sm.session_id = v.session_id and sm.username = v.username and sm.last_read_seq < v.seq`,
+        [rows.map((r) => r.sessionId), rows.map((r) => r.username), rows.map((r) => r.seq.toString())],
+      );
+    } catch (err) {
+      this.#d.log.warn({ err, senders: rows.length }, "moving senders' read positions failed; their unread counts stay high until they read");
     }
   }
 
@@ -287,6 +334,7 @@ export class TaskService {
       const recipients = new Set<string>();
       for (const list of members) for (const u of list) recipients.add(u);
       if (recipients.size === 0) return;
+      this.#d.metrics.routeLookups.inc(recipients.size);
       const routes = await this.#d.routes.lookup([...recipients]);
       if (routes.size === 0) return;
       for (const [i, { event }] of events.entries()) {

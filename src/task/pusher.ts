@@ -70,9 +70,14 @@ export class GatewayPusher {
     return this.#queue.length;
   }
 
-  /** Queues `message` for `toUsernames` on this gateway; sends at once if no call is in flight. Never throws. */
-  push(toUsernames: string[], message: PushMessage): void {
-    this.#queue.push({ request: create(PushRequestSchema, { toUsernames, message }), bytes: encodedSizeBound(toUsernames, message) });
+  /**
+   * Queues `message` for `toUsernames` on this gateway — or, with `toSessionMembers`, for every
+   * member of its session connected there (a large session) — and sends at once if no call is in
+   * flight. Never throws.
+   */
+  push(toUsernames: string[], message: PushMessage, toSessionMembers = false): void {
+    const request = create(PushRequestSchema, { toUsernames, message, toSessionMembers });
+    this.#queue.push({ request, bytes: encodedSizeBound(toUsernames, message) });
     const excess = this.#queue.length - this.#limits.maxQueued;
     if (excess > 0) {
       this.#queue.splice(0, excess);

@@ -1,0 +1,100 @@
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createApi } from "../src/client/api.js";
+import { createStorage } from "../src/infra/storage/index.js";
+import { createLogger } from "../src/observability/log.js";
+import { TestCluster, type Mode } from "./support/cluster.js";
+import { eventually, type ServiceProcess } from "./support/processes.js";
+import { RawSocket } from "./support/raw.js";
+import { requireServices } from "./support/services.js";
+
+const services = await requireServices(["postgres", "redis", "nats", "etcd"]);
+if (!services.ok) console.warn(`large session cluster tests skipped: ${services.reason}`);
+
+/** Members bulk-inserted into the room: past PGlite's and PostgreSQL's lock tables in one inbox statement. */
+const BULK = 20_000;
+
+/** Bulk members of the room "0", and the room's member count kept in step (what registration does one by one). */
+const BULK_SQL = `
+  insert into users (username, nickname, password_hash) select 'bulk' || g, '', 'x' from generate_series(1, ${BULK}) g;
+  insert into session_members (session_id, username) select '0', 'bulk' || g from generate_series(1, ${BULK}) g;
+  update sessions set member_count = (select count(*) from session_members where session_id = '0') where id = '0';`;
+
+/** A counter of a process's /metrics (0 when absent). */
+async function counter(p: ServiceProcess, name: string): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${p.env.RESONANCE_METRICS_PORT}/metrics`)).text();
+  const m = new RegExp(`^${name} (\\d+)`, "m").exec(text);
+  return m ? Number(m[1]) : 0;
+}
+
+async function register(url: string, username: string): Promise<string> {
+  return (await createApi(url, { binary: true }).auth.register({ username, password: `pw-${username}-1` })).accessToken;
+}
+
+for (const mode of ["cluster", "standalone"] as const satisfies readonly Mode[]) {
+  describe.skipIf(mode === "cluster" && !services.ok)(`a room of ${BULK} members (${mode})`, () => {
+    let cluster: TestCluster;
+    const tokens: Record<string, string> = {};
+    /** The process whose metrics count the task's work. */
+    let task: ServiceProcess;
+
+    beforeAll(async () => {
+      cluster = await TestCluster.start({ mode, gateways: mode === "cluster" ? 2 : 1 });
+      for (const u of ["alice", "bob", "carol", "dave"]) tokens[u] = await register(cluster.urls[0]!, u);
+      if (mode === "cluster") {
+        await cluster.sql(BULK_SQL);
+        task = cluster.tasks[0]!;
+      } else {
+        // PGlite is opened by one process only: stop the server, bulk insert, start it again.
+        const old = cluster.gateways[0]!;
+        old.kill("SIGTERM");
+        await old.exited;
+        cluster.gateways.splice(0, 1);
+        const db = createStorage({ databaseUrl: undefined, applicationName: "test", dataDir: cluster.dataDir!, log: createLogger("test", "large", "silent") });
+        await db.start();
+        await db.query(BULK_SQL);
+        await db.close();
+        task = await cluster.replace(old);
+      }
+    }, 120_000);
+    afterAll(async () => {
+      await cluster?.destroy();
+    });
+
+    it("a post reaches online members on every gateway with no inbox rows and no route lookups; an offline member finds it by seq", async () => {
+      const urls = cluster.urls;
+      const bob = new RawSocket(urls[0]!, tokens.bob!);
+      const carol = new RawSocket(urls[urls.length - 1]!, tokens.carol!);
+      const alice = new RawSocket(urls[0]!, tokens.alice!);
+      await Promise.all([bob.opened, carol.opened, alice.opened]);
+      const before = { rows: await counter(task, "resonance_inbox_rows_total"), lookups: await counter(task, "resonance_route_lookups_total") };
+
+      alice.send({ seq: "room-1", payload: { case: "chat", value: { sessionId: "0", content: "hello twenty thousand" } } });
+      const ack = await alice.ackFor("room-1");
+      expect(ack.error).toBe("");
+      const isPost = (p: { payload: { case?: string; value?: unknown } }) =>
+        p.payload.case === "push" && (p.payload.value as { seqId: bigint }).seqId === ack.seqId;
+      await Promise.all([bob.next(isPost, 20_000), carol.next(isPost, 20_000), alice.next(isPost, 20_000)]);
+
+      await eventually(async () => (await counter(task, "resonance_large_events_total")) >= 1, 10_000, "the task handled the large event");
+      // The task's work for the post does not grow with the member count: no inbox row, no route lookup.
+      expect(await counter(task, "resonance_inbox_rows_total")).toBe(before.rows);
+      expect(await counter(task, "resonance_route_lookups_total")).toBe(before.lookups);
+
+      // Dave was offline: the room is large and moved past his read position; the post is there by seq.
+      const dave = createApi(urls[0]!, { binary: true, token: tokens.dave! });
+      const moved = (await dave.session.syncSessions({ known: [] })).moved;
+      expect(moved.map((m) => [m.sessionId, m.maxSeqId])).toEqual([["0", ack.seqId]]);
+      const page = await dave.session.getHistoryMessages({ sessionId: "0", afterSeq: moved[0]!.afterSeq, limit: 100n });
+      expect(page.messages.map((m) => m.content)).toContain("hello twenty thousand");
+      expect((await dave.session.pullInboxDelta({ cursorId: 0n, limit: 100n })).events.filter((e) => e.message?.sessionId === "0")).toEqual([]);
+
+      // Unread counts as usual; the sender has read her own post.
+      const list = async (token: string) => (await createApi(urls[0]!, { binary: true, token }).session.getSessionList({})).sessions.find((s) => s.sessionId === "0")!;
+      const daveRoom = await list(tokens.dave!);
+      expect([daveRoom.large, daveRoom.maxSeqId, daveRoom.unreadCount]).toEqual([true, ack.seqId, 1n]);
+      await eventually(async () => (await list(tokens.alice!)).unreadCount === 0n, 10_000, "the sender's own post is read");
+      for (const s of [alice, bob, carol]) s.close();
+    }, 60_000);
+  });
+}
