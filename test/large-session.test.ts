@@ -1,4 +1,3 @@
-import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createApi } from "../src/client/api.js";
 import { createStorage } from "../src/infra/storage/index.js";
