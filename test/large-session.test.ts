@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createApi } from "../src/client/api.js";
+import { ResonanceClient } from "../src/client/client.js";
 import { createStorage } from "../src/infra/storage/index.js";
 import { createLogger } from "../src/observability/log.js";
 import { TestCluster, type Mode } from "./support/cluster.js";
@@ -88,6 +89,16 @@ for (const mode of ["cluster", "standalone"] as const satisfies readonly Mode[])
       expect(page.messages.map((m) => m.content)).toContain("hello twenty thousand");
       expect((await dave.session.pullInboxDelta({ cursorId: 0n, limit: 100n })).events.filter((e) => e.message?.sessionId === "0")).toEqual([]);
 
+      // And the SDK does it by itself when Dave connects: the post once, fetched by seq.
+      const daveClient = new ResonanceClient({ urls: [urls[0]!], username: "dave", password: "pw-dave-1", binary: true });
+      const got: Array<[string, string]> = [];
+      daveClient.onMessage((m, source) => {
+        if (m.sessionId === "0") got.push([m.content, source]);
+      });
+      await daveClient.start();
+      await daveClient.close();
+      expect(got).toEqual([["hello twenty thousand", "history"]]);
+
       // Unread counts as usual; the sender has read her own post.
       const list = async (token: string) => (await createApi(urls[0]!, { binary: true, token }).session.getSessionList({})).sessions.find((s) => s.sessionId === "0")!;
       const daveRoom = await list(tokens.dave!);
@@ -95,5 +106,82 @@ for (const mode of ["cluster", "standalone"] as const satisfies readonly Mode[])
       await eventually(async () => (await list(tokens.alice!)).unreadCount === 0n, 10_000, "the sender's own post is read");
       for (const s of [alice, bob, carol]) s.close();
     }, 60_000);
+  });
+}
+
+/** What a client emitted of the room: seqs in emission order. */
+function roomSeqs(c: ResonanceClient): bigint[] {
+  const seqs: bigint[] = [];
+  c.onMessage((m) => {
+    if (m.sessionId === "0" && m.type !== "system") seqs.push(m.seqId);
+  });
+  return seqs;
+}
+
+const ascending = (from: bigint, to: bigint) => Array.from({ length: Number(to - from + 1n) }, (_, i) => from + BigInt(i));
+
+/**
+ * The room crosses RESONANCE_INBOX_FANOUT_LIMIT while messages flow: users register between
+ * posts. A member online all along gets every post pushed; a member who was away gets them from
+ * the inbox (before the switch) and by seq (after it). Each sees every post once, in seq order.
+ */
+for (const mode of ["cluster", "standalone"] as const satisfies readonly Mode[]) {
+  describe.skipIf(mode === "cluster" && !services.ok)(`the room crossing the fan-out limit (${mode})`, () => {
+    const LIMIT = 6;
+    let cluster: TestCluster;
+    const clients: ResonanceClient[] = [];
+
+    beforeAll(async () => {
+      cluster = await TestCluster.start({ mode, gateways: mode === "cluster" ? 2 : 1, env: { RESONANCE_INBOX_FANOUT_LIMIT: String(LIMIT) } });
+    }, 60_000);
+    afterAll(async () => {
+      await Promise.all(clients.map((c) => c.close()));
+      await cluster?.destroy();
+    });
+
+    const client = (url: string, username: string) => {
+      const c = new ResonanceClient({ urls: [url], username, password: `pw-${username}-1`, register: true, binary: true, reconnect: { maxMs: 500 } });
+      clients.push(c);
+      return c;
+    };
+
+    it("nothing is lost or doubled across the switch, online or away", async () => {
+      const urls = cluster.urls;
+      const last = urls[urls.length - 1]!;
+      // Online all along, on the last gateway; away: on the first one, which goes down (cluster), or not started yet (standalone).
+      const bob = client(last, "bob");
+      const bobSeqs = roomSeqs(bob);
+      await bob.start();
+      const carol = client(urls[0]!, "carol");
+      const carolSeqs = roomSeqs(carol);
+      if (mode === "cluster") await carol.start();
+      else await createApi(last, { binary: true }).auth.register({ username: "carol", password: "pw-carol-1" });
+      const alice = client(last, "alice");
+      await alice.start();
+
+      const post = async (n: number) => (await alice.send({ sessionId: "0", content: `post ${n}` })).seqId;
+      const first = await post(0);
+      if (mode === "cluster") {
+        await eventually(() => carolSeqs.length === 1, 10_000, "carol got the first post");
+        cluster.gateways[0]!.kill("SIGKILL");
+        await cluster.gateways[0]!.exited;
+      }
+      // Three members; the room turns large when the fourth newcomer registers (3 + 4 > 6).
+      let lastSeq = first;
+      for (let i = 1; i <= 8; i++) {
+        await createApi(last, { binary: true }).auth.register({ username: `newcomer${i}`, password: "pw-newcomer-1" });
+        lastSeq = await post(i);
+      }
+      const expected = ascending(first, lastSeq);
+      await eventually(() => bobSeqs.length >= expected.length, 20_000, "bob got every post live");
+      if (mode === "cluster") await cluster.replace(cluster.gateways[0]!);
+      else await carol.start();
+      await eventually(() => carolSeqs.length >= expected.length, 20_000, "carol caught up");
+      expect(bobSeqs).toEqual(expected);
+      expect(carolSeqs).toEqual(expected);
+      // Before the switch carol's posts came from her inbox or live; after it, by seq.
+      expect(carol.stats().historyReceived).toBeGreaterThan(0);
+      expect(bob.stats().pushesReceived).toBeGreaterThanOrEqual(expected.length);
+    }, 90_000);
   });
 }
