@@ -31,6 +31,29 @@ async function register(url: string, username: string): Promise<string> {
   return (await createApi(url, { binary: true }).auth.register({ username, password: `pw-${username}-1` })).accessToken;
 }
 
+/**
+ * A deployment whose room has `users` (registered, their tokens put in `tokens`) and the bulk
+ * members; resolves with it and the process whose metrics count the task's work.
+ */
+async function withBulkRoom(mode: Mode, users: string[], tokens: Record<string, string>, env: Record<string, string> = {}) {
+  const cluster = await TestCluster.start({ mode, gateways: mode === "cluster" ? 2 : 1, env });
+  for (const u of users) tokens[u] = await register(cluster.urls[0]!, u);
+  if (mode === "cluster") {
+    await cluster.sql(BULK_SQL);
+    return { cluster, task: cluster.tasks[0]! };
+  }
+  // PGlite is opened by one process only: stop the server, bulk insert, start it again.
+  const old = cluster.gateways[0]!;
+  old.kill("SIGTERM");
+  await old.exited;
+  cluster.gateways.splice(0, 1);
+  const db = createStorage({ databaseUrl: undefined, applicationName: "test", dataDir: cluster.dataDir!, log: createLogger("test", "large", "silent") });
+  await db.start();
+  await db.query(BULK_SQL);
+  await db.close();
+  return { cluster, task: await cluster.replace(old) };
+}
+
 for (const mode of ["cluster", "standalone"] as const satisfies readonly Mode[]) {
   describe.skipIf(mode === "cluster" && !services.ok)(`a room of ${BULK} members (${mode})`, () => {
     let cluster: TestCluster;
@@ -39,23 +62,7 @@ for (const mode of ["cluster", "standalone"] as const satisfies readonly Mode[])
     let task: ServiceProcess;
 
     beforeAll(async () => {
-      cluster = await TestCluster.start({ mode, gateways: mode === "cluster" ? 2 : 1 });
-      for (const u of ["alice", "bob", "carol", "dave"]) tokens[u] = await register(cluster.urls[0]!, u);
-      if (mode === "cluster") {
-        await cluster.sql(BULK_SQL);
-        task = cluster.tasks[0]!;
-      } else {
-        // PGlite is opened by one process only: stop the server, bulk insert, start it again.
-        const old = cluster.gateways[0]!;
-        old.kill("SIGTERM");
-        await old.exited;
-        cluster.gateways.splice(0, 1);
-        const db = createStorage({ databaseUrl: undefined, applicationName: "test", dataDir: cluster.dataDir!, log: createLogger("test", "large", "silent") });
-        await db.start();
-        await db.query(BULK_SQL);
-        await db.close();
-        task = await cluster.replace(old);
-      }
+      ({ cluster, task } = await withBulkRoom(mode, ["alice", "bob", "carol", "dave"], tokens));
     }, 120_000);
     afterAll(async () => {
       await cluster?.destroy();
@@ -183,5 +190,62 @@ for (const mode of ["cluster", "standalone"] as const satisfies readonly Mode[])
       expect(carol.stats().historyReceived).toBeGreaterThan(0);
       expect(bob.stats().pushesReceived).toBeGreaterThanOrEqual(expected.length);
     }, 90_000);
+  });
+}
+
+/**
+ * The issue's failure: with fan-out on write for a 20,000-member room (the limit set above it),
+ * the room post's inbox write cannot succeed (the lock table is too small). It is retried with
+ * back-off, then dead-lettered with its reason; meanwhile and afterwards other sessions' messages
+ * flow (in standalone the relay is not held by it).
+ */
+for (const mode of ["cluster", "standalone"] as const satisfies readonly Mode[]) {
+  describe.skipIf(mode === "cluster" && !services.ok)(`a poison event (${mode})`, () => {
+    let cluster: TestCluster;
+    let task: ServiceProcess;
+    const tokens: Record<string, string> = {};
+
+    beforeAll(async () => {
+      ({ cluster, task } = await withBulkRoom(mode, ["alice", "bob"], tokens, { RESONANCE_INBOX_FANOUT_LIMIT: "1000000" }));
+    }, 120_000);
+    afterAll(async () => {
+      await cluster?.destroy();
+    });
+
+    it("is retried with back-off, dead-lettered after a bounded number of deliveries, and never stalls other messages", async () => {
+      const url = cluster.urls[0]!;
+      const sessionId = (await createApi(url, { binary: true, token: tokens.alice! }).session.createSession({ members: ["bob"], type: 1 })).sessionId;
+      const alice = new RawSocket(url, tokens.alice!);
+      const bob = new RawSocket(url, tokens.bob!);
+      await Promise.all([alice.opened, bob.opened]);
+      alice.send({ seq: "room", payload: { case: "chat", value: { sessionId: "0", content: "too many to fan out on write" } } });
+      expect((await alice.ackFor("room")).error).toBe("");
+      // While the room post is failing, one-to-one messages still go through.
+      for (let i = 0; i < 3; i++) {
+        alice.send({ seq: `dm-${i}`, payload: { case: "chat", value: { sessionId, content: `dm ${i}` } } });
+        const ack = await alice.ackFor(`dm-${i}`);
+        expect(ack.error).toBe("");
+        await bob.next((p) => p.payload.case === "push" && p.payload.value.seqId === ack.seqId, 20_000);
+      }
+      // They did not wait for it: it is still being retried (its back-off alone adds up to 1.5 s).
+      expect(task.logs().some((l) => l.msg === "event moved to the dead-letter subject")).toBe(false);
+      const dead = await eventually(
+        () => task.logs().find((l) => l.msg === "event moved to the dead-letter subject"),
+        30_000,
+        "the room post dead-lettered",
+      );
+      // At the fifth delivery or soon after (a probe of the database can fail while the lock table is full).
+      expect(dead.deliveryCount).toBeGreaterThanOrEqual(5);
+      expect(dead.deliveryCount).toBeLessThanOrEqual(8);
+      expect(String(dead.reason)).toMatch(/^inbox write failed \d+ times: .*(shared memory|max_locks_per_transaction)/);
+      expect(await counter(task, 'resonance_events_handled_total{outcome="dead-letter"}')).toBe(1);
+      expect(await counter(task, 'resonance_events_handled_total{outcome="retry"}')).toBeGreaterThanOrEqual(4);
+      // And after it, too.
+      alice.send({ seq: "dm-after", payload: { case: "chat", value: { sessionId, content: "dm after" } } });
+      const after = await alice.ackFor("dm-after");
+      await bob.next((p) => p.payload.case === "push" && p.payload.value.seqId === after.seqId, 20_000);
+      alice.close();
+      bob.close();
+    }, 60_000);
   });
 }

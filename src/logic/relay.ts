@@ -5,6 +5,17 @@ import type { LogicStore } from "./store.js";
 
 /** How long a relay owns the rows it took; after that another relay may publish them again. */
 const CLAIM_MS = 15_000;
+/**
+ * A round whose publish has not resolved after this goes on in the background and the next
+ * round starts: with the embedded queue a publish resolves only once the consumer has handled
+ * every event, and one event being retried (with back-off, until it is dead-lettered) must not
+ * hold back the messages committed after it.
+ */
+const SLOW_ROUND_MS = 200;
+/** Slow rounds at most in the background; beyond, the relay waits for one of them. */
+const MAX_SLOW_ROUNDS = 4;
+/** How long a stop waits for slow rounds. */
+const SLOW_STOP_WAIT_MS = 5_000;
 
 export interface RelayOptions {
   readonly batchSize: number;
@@ -32,6 +43,7 @@ export class OutboxRelay {
   #failures = 0;
   #flushed = 0;
   #stopping: Promise<{ flushed: number; pending: number }> | undefined;
+  readonly #slow = new Set<Promise<void>>();
 
   constructor(store: LogicStore, publisher: EventPublisher, opts: RelayOptions, log: Logger, metrics: Metrics) {
     this.#store = store;
@@ -88,8 +100,29 @@ export class OutboxRelay {
 
   /** One batch: resolves with the number of events published. */
   async #round(): Promise<number> {
+    if (this.#slow.size >= MAX_SLOW_ROUNDS) await Promise.race(this.#slow);
     const rows = await this.#store.claimOutbox(this.#opts.batchSize, CLAIM_MS, this.#opts.owner);
     if (rows.length === 0) return 0;
+    const done = this.#publishRows(rows);
+    let timer: NodeJS.Timeout | undefined;
+    const slow = new Promise<"slow">((resolve) => (timer = setTimeout(() => resolve("slow"), SLOW_ROUND_MS)));
+    try {
+      if ((await Promise.race([done, slow])) !== "slow") return rows.length;
+    } finally {
+      clearTimeout(timer);
+    }
+    // Still waiting (an event being retried): its rows stay claimed; the next round goes on.
+    const background = done.then(
+      () => {},
+      (err: unknown) => this.#log.warn({ err, events: rows.length }, "outbox relay round failed; its rows go out again"),
+    );
+    this.#slow.add(background);
+    void background.finally(() => this.#slow.delete(background));
+    return rows.length;
+  }
+
+  /** Publishes the claimed rows' events, then deletes the rows; on failure gives them back and rejects. */
+  async #publishRows(rows: ReadonlyArray<{ id: string; msg_id: string }>): Promise<void> {
     const ids = rows.map((r) => r.id);
     try {
       const events = await this.#store.pushEvents(rows.map((r) => r.msg_id));
@@ -102,7 +135,6 @@ export class OutboxRelay {
     await this.#store.deleteOutbox(ids);
     this.#metrics.outboxPublished.inc(rows.length);
     this.#flushed += rows.length;
-    return rows.length;
   }
 
   /**
@@ -122,6 +154,10 @@ export class OutboxRelay {
     this.#state = "stopping";
     clearTimeout(this.#timer);
     await this.#running;
+    // Slow rounds get a bounded wait: what they hold stays in the outbox for the next start.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all(this.#slow), new Promise((r) => (timer = setTimeout(r, SLOW_STOP_WAIT_MS)))]);
+    clearTimeout(timer);
     try {
       for (let i = 0; i < 20 && (await this.#round()) > 0; i++);
     } catch (err) {

@@ -39,6 +39,14 @@ const MAX_LOOKUPS_PENDING = 64;
 /** A batch whose inbox write failed comes back after this back-off, doubled per delivery, up to the cap. */
 const RETRY_BASE_MS = 100;
 const RETRY_MAX_MS = 5_000;
+/**
+ * Deliveries after which an event whose inbox write still fails on its own, while the database
+ * answers, is poison: it goes to the dead letters with its reason instead of coming back forever.
+ * (While the database is down every event comes back, however often.)
+ */
+export const MAX_DELIVERIES = 5;
+/** Longest reason kept with a dead letter. */
+const MAX_REASON = 300;
 const MAX_INT64 = 2n ** 63n - 1n;
 /** Longest session id an event may carry (ids are short: `group:<n>`, `single:<a>:<b>`). */
 const MAX_SESSION_ID = 512;
@@ -171,15 +179,37 @@ export class TaskService {
   }
 
   /** Moves an event that can never be handled to the dead-letter subject; if that fails, it stays unsettled (nak'd). Never rejects. */
-  async #deadLetter(delivered: DeliveredEvent, reason: string): Promise<void> {
+  async #deadLetter(delivered: DeliveredEvent, reason: string, what = "undecodable event moved to the dead-letter subject"): Promise<void> {
+    reason = reason.slice(0, MAX_REASON);
     try {
       await delivered.deadLetter(reason);
     } catch (err) {
       this.#d.log.warn({ err, id: delivered.id }, "moving an event to the dead-letter subject failed; it will come back");
       return;
     }
-    this.#d.log.error({ id: delivered.id, reason }, "undecodable event moved to the dead-letter subject");
+    this.#d.log.error({ id: delivered.id, reason, deliveryCount: delivered.deliveryCount }, what);
     this.#d.metrics.eventsHandled.inc({ outcome: "dead-letter" });
+  }
+
+  /**
+   * True when `e`, failing alone with `err`, is poison: delivered {@link MAX_DELIVERIES} times
+   * already, and the database answers (so the fault is the event's, not an outage).
+   */
+  async #isPoison(e: Decoded, err: unknown): Promise<boolean> {
+    if (isDataError(err)) return true;
+    if (e.delivered.deliveryCount < MAX_DELIVERIES) return false;
+    try {
+      await this.#d.storage.query("select 1");
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  async #deadLetterPoison(e: Decoded, err: unknown): Promise<void> {
+    const why = err instanceof Error ? err.message : String(err);
+    const reason = isDataError(err) ? `inbox refused the event: ${why}` : `inbox write failed ${e.delivered.deliveryCount} times: ${why}`;
+    await this.#deadLetter(e.delivered, reason, "event moved to the dead-letter subject");
   }
 
   async #deliver(events: readonly Decoded[]): Promise<void> {
@@ -225,7 +255,13 @@ export class TaskService {
       try {
         members = await writeInboxFront(this.#d.storage, rest.map((e) => e.event));
       } catch (err) {
-        if (isDataError(err) && rest.length > 1) return [...written, ...(await this.#writeOneByOne(rest))];
+        // A bad event fails its whole statement: alone, only it fails (and, if poison, goes to the dead letters).
+        const suspect = isDataError(err) || rest.some((e) => e.delivered.deliveryCount >= MAX_DELIVERIES);
+        if (suspect && rest.length > 1) return [...written, ...(await this.#writeOneByOne(rest))];
+        if (rest.length === 1 && (await this.#isPoison(rest[0]!, err))) {
+          await this.#deadLetterPoison(rest[0]!, err);
+          return written;
+        }
         this.#retryLater(rest, err);
         return written;
       }
@@ -238,22 +274,22 @@ export class TaskService {
     return written;
   }
 
-  /** After a data error in a batch statement: each event alone, so only the one at fault is dead-lettered. */
+  /** After a batch statement failed for a suspect event: each event alone, so only the one at fault fails. */
   async #writeOneByOne(events: readonly Decoded[]): Promise<Decoded[]> {
     const written: Decoded[] = [];
-    for (const [i, e] of events.entries()) {
+    for (const e of events) {
       try {
         const members = await writeInboxFront(this.#d.storage, [e.event]);
         this.#d.metrics.inboxRows.inc(members.reduce((n, m) => n + m.length, 0));
         written.push(e);
         this.#startPushes([e], members);
       } catch (err) {
-        if (isDataError(err)) {
-          await this.#deadLetter(e.delivered, `inbox refused the event: ${(err as Error).message}`);
+        if (await this.#isPoison(e, err)) {
+          await this.#deadLetterPoison(e, err);
           continue;
         }
-        this.#retryLater(events.slice(i), err);
-        break;
+        // Not its fault (yet): this one comes back later; the others still get their turn alone.
+        this.#retryLater([e], err);
       }
     }
     return written;
