@@ -83,6 +83,7 @@ const schema = z.object({
   RESONANCE_PG_POOL: positiveInt.pipe(z.number().max(100, "at most 100")).default(4),
   RESONANCE_TASK_CONCURRENCY: positiveInt.default(256),
   RESONANCE_ACK_WAIT: atLeast(1000).default(30_000),
+  RESONANCE_INBOX_FANOUT_LIMIT: positiveInt.default(200),
   RESONANCE_FAULTS: z.string().default(""),
   RESONANCE_NAMESPACE: z
     .string()
@@ -153,6 +154,11 @@ export interface Config {
   /** PostgreSQL connections per process. */
   readonly pgPoolSize: number;
   readonly task: { readonly concurrency: number; readonly ackWaitMs: number };
+  /**
+   * Sessions with more members are "large": their messages get no inbox rows (fan-out on read);
+   * logic decides it per message when it builds the queue event.
+   */
+  readonly inboxFanoutLimit: number;
   /** Fault injection for tests: "name=ms" or "name=hang", comma-separated. Empty by default. */
   readonly faults: ReadonlyMap<string, number | "hang">;
   /**
@@ -303,6 +309,7 @@ export function parseConfig(env: RawEnv): Config {
     natsSyncIntervalMs: e.RESONANCE_NATS_SYNC_INTERVAL,
     pgPoolSize: e.RESONANCE_PG_POOL,
     task: Object.freeze({ concurrency: e.RESONANCE_TASK_CONCURRENCY, ackWaitMs: e.RESONANCE_ACK_WAIT }),
+    inboxFanoutLimit: e.RESONANCE_INBOX_FANOUT_LIMIT,
     faults: parseFaults(e.RESONANCE_FAULTS),
     namespace: e.RESONANCE_NAMESPACE,
   });

@@ -1,7 +1,7 @@
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import type { Config } from "../config/config.js";
-import { PushService } from "../gen/resonance/gateway/v1/gateway_pb.js";
-import { AuthService as LogicAuthService } from "../gen/resonance/logic/v1/logic_pb.js";
+import { PushService, type PushMessage } from "../gen/resonance/gateway/v1/gateway_pb.js";
+import { AuthService as LogicAuthService, SessionService as LogicSessionService } from "../gen/resonance/logic/v1/logic_pb.js";
 import type { Registration, Registry, RegistryWatch } from "../infra/registry/types.js";
 import type { Logger } from "../observability/log.js";
 import type { Metrics } from "../observability/metrics.js";
@@ -14,6 +14,7 @@ import { ConnectionHub } from "./connections.js";
 import { PublicServer } from "./http-server.js";
 import { LogicClient } from "./logic-client.js";
 import { LogicReadiness, SECRET_MISMATCH_MESSAGE } from "./logic-readiness.js";
+import { LargeSessions } from "./large-sessions.js";
 import { PresenceReporter } from "./presence.js";
 import { publicRoutes } from "./public-api.js";
 import { ConnectionSlots } from "./user-limits.js";
@@ -112,6 +113,14 @@ export class GatewayService {
       log.child({ part: "ws" }),
     );
     this.#hub = hub;
+    const large = new LargeSessions(
+      async (usernames, sessionId) =>
+        (await logic.call(LogicSessionService, (c) => c.largeMemberships({ usernames, sessionId: sessionId ?? "" }))).memberships,
+      () => hub.users(),
+      (u) => hub.has(u),
+      log.child({ part: "large-sessions" }),
+    );
+    const deliver = (usernames: string[], message: PushMessage) => void hub.push(usernames, message);
     const tokens = new TokenValidator(logic);
     const api = publicRoutes(logic, tokens, (token) => hub.closeToken(token), (username) => hub.closeUser(username));
     this.#public = new PublicServer({
@@ -129,7 +138,16 @@ export class GatewayService {
       ],
       tokens,
       // A user's first socket here waits until logic knows the route (see PresenceReporter.onlineNow).
-      beforeUpgrade: (p, ip) => (hub.has(p.username) ? Promise.resolve() : presence.onlineNow(p.username, ip)),
+      // And its large sessions are known here, so their messages reach it too.
+      beforeUpgrade: async (p, ip) => {
+        if (hub.has(p.username)) return;
+        const [route, learned] = await Promise.allSettled([presence.onlineNow(p.username, ip), large.learn(p.username)]);
+        if (learned.status === "rejected") {
+          if (route.status === "fulfilled" && !hub.has(p.username)) presence.offline(p.username);
+          throw learned.reason;
+        }
+        if (route.status === "rejected") throw route.reason;
+      },
       upgradeRefused: (p) => {
         if (!hub.has(p.username)) presence.offline(p.username);
       },
@@ -161,15 +179,26 @@ export class GatewayService {
         router.service(PushService, {
           async push(req) {
             if (!req.message) throw new ConnectError("message is required", Code.InvalidArgument);
+            if (req.toSessionMembers) {
+              await large.push(req.message, deliver);
+              return { msgId: req.message.msgId };
+            }
             const failed = hub.push(req.toUsernames, req.message);
             return { msgId: req.message.msgId, failedUsernames: failed };
           },
           async pushBatch(req) {
-            const results = req.pushes.map((p) =>
-              p.message
-                ? { msgId: p.message.msgId, failedUsernames: hub.push(p.toUsernames, p.message) }
-                : { error: "message is required", failedUsernames: p.toUsernames },
-            );
+            // Large-session pushes may wait for logic (a session new here): they run in order,
+            // after the others, which never wait.
+            const waits: Array<Promise<void>> = [];
+            const results = req.pushes.map((p) => {
+              if (!p.message) return { error: "message is required", failedUsernames: p.toUsernames };
+              if (p.toSessionMembers) {
+                waits.push(large.push(p.message, deliver));
+                return { msgId: p.message.msgId };
+              }
+              return { msgId: p.message.msgId, failedUsernames: hub.push(p.toUsernames, p.message) };
+            });
+            await Promise.all(waits);
             return { results };
           },
           async revoke(req) {

@@ -27,6 +27,10 @@ import {
 const MAX_GROUP_MEMBERS = 500;
 /** Chats in one SendMessages call. */
 export const MAX_CHAT_BATCH = 512;
+/** Sessions a client may list in one SyncSessions call. */
+export const MAX_KNOWN_SESSIONS = 1_000;
+/** Users in one LargeMemberships call (a gateway asks in pages of this). */
+export const MAX_MEMBERSHIP_USERS = 5_000;
 /** Gateway instance ids (RESONANCE_INSTANCE_ID). */
 const GATEWAY_ID = /^[A-Za-z0-9_.-]{1,64}$/;
 
@@ -175,6 +179,12 @@ export function logicRoutes(d: HandlerDeps) {
         const sessionId = checkSessionId(req.sessionId);
         const before = checkNotNegative(req.beforeSeq, "before_seq");
         const limit = clampLimit(req.limit, 20, 100);
+        if (req.afterSeq !== undefined) {
+          const after = checkNotNegative(req.afterSeq, "after_seq");
+          if (before > 0n) invalid("before_seq and after_seq: at most one");
+          await d.store.requireMember(sessionId, username);
+          return { messages: await d.store.historyAfter(sessionId, after, limit) };
+        }
         await d.store.requireMember(sessionId, username);
         return { messages: await d.store.history(sessionId, before, limit) };
       },
@@ -197,6 +207,21 @@ export function logicRoutes(d: HandlerDeps) {
         const cursor = checkNotNegative(req.cursorId, "cursor_id");
         const r = await d.store.inboxDelta(username, cursor, clampLimit(req.limit, 100, 500));
         return { events: r.events, nextCursorId: r.next, hasMore: r.hasMore };
+      },
+      async syncSessions(req) {
+        const username = requireUsername(req.username);
+        if (req.known.length > MAX_KNOWN_SESSIONS) invalid(`known: at most ${MAX_KNOWN_SESSIONS} sessions`);
+        const known = new Map<string, bigint>();
+        for (const k of req.known) known.set(checkSessionId(k.sessionId, "known.session_id"), checkNotNegative(k.seqId, "known.seq_id"));
+        const moved = await d.store.movedLargeSessions(username, known);
+        return { moved: moved.map((m) => ({ sessionId: m.sessionId, afterSeq: m.afterSeq, maxSeqId: m.maxSeqId })) };
+      },
+      async largeMemberships(req) {
+        if (req.usernames.length > MAX_MEMBERSHIP_USERS) invalid(`usernames: at most ${MAX_MEMBERSHIP_USERS}`);
+        const usernames = req.usernames.map((u) => requireUsername(u, "usernames"));
+        const sessionId = req.sessionId ? checkSessionId(req.sessionId) : undefined;
+        if (usernames.length === 0) return { memberships: [] };
+        return { memberships: await d.store.largeMemberships(usernames, sessionId) };
       },
     });
 

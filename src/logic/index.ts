@@ -62,7 +62,7 @@ export class LogicService {
   constructor(config: Config, deps: LogicDeps) {
     this.#config = config;
     this.#d = deps;
-    this.#store = new LogicStore(deps.storage);
+    this.#store = new LogicStore(deps.storage, { inboxFanoutLimit: config.inboxFanoutLimit });
     const ns = config.namespace;
     this.#limits = createLimitStore({
       redisUrl: config.redisUrl,

@@ -126,4 +126,14 @@ export const migrations: readonly Migration[] = [
       create index outbox_published on outbox (published_at) where published_at is not null;
     `,
   },
+  {
+    version: 5,
+    name: "large sessions: member count",
+    sql: `
+      -- Kept by the code that adds members (registration, session creation). A session with more
+      -- members than RESONANCE_INBOX_FANOUT_LIMIT is "large": its messages get no inbox rows.
+      alter table sessions add column member_count int not null default 0;
+      update sessions s set member_count = (select count(*) from session_members m where m.session_id = s.id);
+    `,
+  },
 ];

@@ -17,10 +17,16 @@ const SYNC_MARGIN_MS = 5_000;
 /** Rows deleted per statement once synced. */
 const DELETE_BATCH = 5_000;
 /**
- * On PGlite (no autovacuum) the outbox is vacuumed after this many deletions: its dead rows
- * would otherwise pile up and slow every poller round.
+ * A round whose publish has not resolved after this goes on in the background and the next
+ * round starts: with the embedded queue a publish resolves only once the consumer has handled
+ * every event, and one event being retried (with back-off, until it is dead-lettered) must not
+ * hold back the messages committed after it.
  */
-const VACUUM_EVERY = 20_000;
+const SLOW_ROUND_MS = 200;
+/** Slow rounds at most in the background; beyond, the relay waits for one of them. */
+const MAX_SLOW_ROUNDS = 4;
+/** How long a stop waits for slow rounds. */
+const SLOW_STOP_WAIT_MS = 5_000;
 
 export interface RelayOptions {
   readonly batchSize: number;
@@ -66,7 +72,7 @@ export class OutboxRelay {
   /** The queue server the marked rows were checked against. */
   #server: string | undefined;
   #lastSyncedDelete = 0;
-  #deletedSinceVacuum = 0;
+  readonly #slow = new Set<Promise<void>>();
 
   constructor(store: LogicStore, publisher: EventPublisher, opts: RelayOptions, log: Logger, metrics: Metrics) {
     this.#store = store;
@@ -161,8 +167,29 @@ export class OutboxRelay {
 
   /** One poller batch: resolves with the number of events published. */
   async #round(): Promise<number> {
+    if (this.#slow.size >= MAX_SLOW_ROUNDS) await Promise.race(this.#slow);
     const rows = await this.#store.claimOutbox(this.#opts.batchSize, CLAIM_MS, this.#opts.owner);
     if (rows.length === 0) return 0;
+    const done = this.#publishRows(rows);
+    let timer: NodeJS.Timeout | undefined;
+    const slow = new Promise<"slow">((resolve) => (timer = setTimeout(() => resolve("slow"), SLOW_ROUND_MS)));
+    try {
+      if ((await Promise.race([done, slow])) !== "slow") return rows.length;
+    } finally {
+      clearTimeout(timer);
+    }
+    // Still waiting (an event being retried): its rows stay claimed; the next round goes on.
+    const background = done.then(
+      () => {},
+      (err: unknown) => this.#log.warn({ err, events: rows.length }, "outbox relay round failed; its rows go out again"),
+    );
+    this.#slow.add(background);
+    void background.finally(() => this.#slow.delete(background));
+    return rows.length;
+  }
+
+  /** Publishes the claimed rows' events, then deletes the rows; on failure gives them back and rejects. */
+  async #publishRows(rows: ReadonlyArray<{ id: string; msg_id: string }>): Promise<void> {
     const ids = rows.map((r) => r.id);
     try {
       const events = await this.#store.pushEvents(rows.map((r) => r.msg_id));
@@ -173,7 +200,6 @@ export class OutboxRelay {
       throw err;
     }
     await this.#published(ids);
-    return rows.length;
   }
 
   /**
@@ -198,11 +224,6 @@ export class OutboxRelay {
         if (this.#publisher.unsyncedMs > 0) await this.#store.markPublished(batch, this.#publisher.destination());
         else {
           await this.#store.deleteOutbox(batch);
-          this.#deletedSinceVacuum += batch.length;
-          if (this.#deletedSinceVacuum >= VACUUM_EVERY && this.#store.db.kind === "pglite") {
-            this.#deletedSinceVacuum = 0;
-            await this.#store.vacuumOutbox();
-          }
         }
       } catch (err) {
         this.#log.warn({ err, rows: batch.length }, "settling published outbox rows failed; they will be published again");
@@ -229,6 +250,10 @@ export class OutboxRelay {
     clearTimeout(this.#timer);
     await this.#running;
     await Promise.allSettled([...this.#fast]);
+    // Slow rounds get a bounded wait: what they hold stays in the outbox for the next start.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all(this.#slow), new Promise((r) => (timer = setTimeout(r, SLOW_STOP_WAIT_MS)))]);
+    clearTimeout(timer);
     try {
       // The rows this instance holds for its fast path are published now rather than after their claim.
       await this.#store.releaseStaleClaims(this.#opts.owner, false);

@@ -117,6 +117,7 @@ interface BatchRow {
   outbox_id: string | null;
   name: string | null;
   stype: number | null;
+  large: boolean | null;
   prior_id: string | null;
   prior_seq: string | null;
   same: boolean | null;
@@ -127,7 +128,8 @@ interface BatchRow {
  * A group commit: many messages of many sessions in one statement (one implicit transaction,
  * one WAL flush). Parameters are parallel arrays ($1 session, $2 sender, $3 to, $4 content,
  * $5 type, $6 client_msg_id) unnested `with ordinality`, so every result row carries its input's
- * position; $7 created_at, $8 claim ms and $9 owner of the new outbox rows.
+ * position; $7 created_at, $8 claim ms and $9 owner of the new outbox rows; $10 the fan-out
+ * limit (a session with more members is large: its event says so, decided once, at commit).
  *
  * - prior: a resend, found by (sender, session, client_msg_id), keeps its original ids and writes
  *   nothing (same = the content matches too);
@@ -158,7 +160,7 @@ const COMMIT_BATCH = `
     update sessions set max_seq_id = sessions.max_seq_id + c.n
       from (select session_id, count(*) as n from fresh group by session_id) c
      where sessions.id = c.session_id and sessions.id in (select id from locked)
-    returning sessions.id, sessions.max_seq_id - c.n as base, sessions.name, sessions.type
+    returning sessions.id, sessions.max_seq_id - c.n as base, sessions.name, sessions.type, sessions.member_count > $10 as large
   ), m as (
     insert into messages (session_id, seq_id, sender, to_username, content, type, client_msg_id, created_at)
     select f.session_id, s.base + f.rn, f.sender, f.to_username, f.content, f.type, f.client_msg_id, $7
@@ -170,7 +172,7 @@ const COMMIT_BATCH = `
     select id, now() + ($8::int * interval '1 millisecond'), $9 from m order by id
     returning id, msg_id
   )
-  select i.ord, m.id, m.seq_id, o.id as outbox_id, s.name, s.type as stype,
+  select i.ord, m.id, m.seq_id, o.id as outbox_id, s.name, s.type as stype, s.large,
          p.id as prior_id, p.seq_id as prior_seq, p.same,
          exists (select 1 from sessions x where x.id = i.session_id) as session_exists
     from i
@@ -181,12 +183,18 @@ const COMMIT_BATCH = `
     left join o on o.msg_id = m.id
    order by i.ord`;
 
+/** RESONANCE_INBOX_FANOUT_LIMIT's default (see the README). */
+export const DEFAULT_FANOUT_LIMIT = 200;
+
 /** Every SQL statement of the logic service. Parameterized only. */
 export class LogicStore {
   readonly #db: Storage;
+  /** Sessions with more members are large (RESONANCE_INBOX_FANOUT_LIMIT). */
+  readonly fanoutLimit: number;
 
-  constructor(db: Storage) {
+  constructor(db: Storage, opts: { inboxFanoutLimit?: number } = {}) {
     this.#db = db;
+    this.fanoutLimit = opts.inboxFanoutLimit ?? DEFAULT_FANOUT_LIMIT;
   }
 
   /** The user with exactly this name (as stored: token subjects, session members). */
@@ -226,7 +234,9 @@ export class LogicStore {
       );
       if (rowCount === 0) return false;
       await tx.query(
-        "insert into session_members (session_id, username, last_read_seq) select id, $2, max_seq_id from sessions where id = $1",
+        `with j as (insert into session_members (session_id, username, last_read_seq) select id, $2, max_seq_id from sessions where id = $1
+                    on conflict do nothing returning session_id)
+         update sessions set member_count = member_count + (select count(*) from j) where id = $1`,
         [PUBLIC_ROOM, username],
       );
       return true;
@@ -309,7 +319,8 @@ export class LogicStore {
       );
       if (rowCount === 0) return { sessionId, created: undefined };
       await tx.query(
-        "insert into session_members (session_id, username) select $1, unnest($2::text[]) on conflict do nothing",
+        `with j as (insert into session_members (session_id, username) select $1, unnest($2::text[]) on conflict do nothing returning username)
+         update sessions set member_count = member_count + (select count(*) from j) where id = $1`,
         [sessionId, [...new Set([creator, ...members])]],
       );
       const created = await this.#insertMessage(tx, {
@@ -345,6 +356,7 @@ export class LogicStore {
       now,
       claimMs,
       owner,
+      this.fanoutLimit,
     ]);
     const outcomes: CommitOutcome[] = [];
     const events: CommittedEvent[] = [];
@@ -354,7 +366,7 @@ export class LogicStore {
       if (r.id !== null) {
         outcomes.push({ msgId: BigInt(r.id), seqId: BigInt(r.seq_id!), sessionId: m.sessionId, created: true });
         const message = { msgId: BigInt(r.id), seqId: BigInt(r.seq_id!), sessionId: m.sessionId, fromUsername: m.from, toUsername: m.to, content: m.content, type: m.type, timestamp: BigInt(now) };
-        const data = toBinary(PushEventSchema, create(PushEventSchema, { ...message, sessionName: r.name!, sessionType: r.stype! }));
+        const data = toBinary(PushEventSchema, create(PushEventSchema, { ...message, sessionName: r.name!, sessionType: r.stype!, large: r.large! }));
         events.push({ outboxId: r.outbox_id!, msgId: r.id, data });
       } else if (r.prior_id !== null) {
         outcomes.push(
@@ -396,9 +408,9 @@ export class LogicStore {
   async sessionList(username: string): Promise<SessionInfo[]> {
     // A one-to-one chat is named after the other member's nickname (their username if they have none).
     const { rows } = await this.#db.query<
-      MessageRow & { sid: string; name: string; stype: number; avatar_url: string; max_seq_id: string; last_read_seq: string; peer: string | null }
+      MessageRow & { sid: string; name: string; stype: number; avatar_url: string; max_seq_id: string; last_read_seq: string; peer: string | null; large: boolean }
     >(
-      `select s.id as sid, s.name, s.type as stype, s.avatar_url, s.max_seq_id, sm.last_read_seq, ${MSG_COLUMNS},
+      `select s.id as sid, s.name, s.type as stype, s.avatar_url, s.max_seq_id, sm.last_read_seq, s.member_count > $3 as large, ${MSG_COLUMNS},
               (select coalesce(nullif(u.nickname, ''), u.username) from session_members o join users u on u.username = o.username
                 where s.type = $2 and o.session_id = s.id and o.username <> $1 limit 1) as peer
          from session_members sm
@@ -406,7 +418,7 @@ export class LogicStore {
          left join messages m on m.session_id = s.id and m.seq_id = s.max_seq_id
         where sm.username = $1
         order by m.id desc nulls last, s.id`,
-      [username, SESSION_SINGLE],
+      [username, SESSION_SINGLE, this.fanoutLimit],
     );
     return rows.map((r) => {
       const unread = BigInt(r.max_seq_id) - BigInt(r.last_read_seq);
@@ -417,9 +429,49 @@ export class LogicStore {
         avatarUrl: r.avatar_url,
         unreadCount: unread > 0n ? unread : 0n,
         lastReadSeq: BigInt(r.last_read_seq),
+        maxSeqId: BigInt(r.max_seq_id),
+        large: r.large,
         ...(r.id ? { lastMessage: toPush(r, { name: r.name, type: r.stype }) } : {}),
       });
     });
+  }
+
+  /** Messages after `afterSeq`, ascending by seq, the oldest `limit` of them (catch-up by seq). */
+  async historyAfter(sessionId: string, afterSeq: bigint, limit: number): Promise<PushMessage[]> {
+    const { rows } = await this.#db.query<MessageRow & { name: string; stype: number }>(
+      `select ${MSG_COLUMNS}, s.name, s.type as stype from messages m join sessions s on s.id = m.session_id
+        where m.session_id = $1 and m.seq_id > $2::bigint
+        order by m.seq_id limit $3`,
+      [sessionId, afterSeq.toString(), limit],
+    );
+    return rows.map((r) => toPush(r, { name: r.name, type: r.stype }));
+  }
+
+  /**
+   * The caller's large sessions whose last seq is past what the client knows (`known`: session →
+   * highest seq it has); for a session not in `known`, past the caller's read position.
+   */
+  async movedLargeSessions(username: string, known: ReadonlyMap<string, bigint>): Promise<Array<{ sessionId: string; afterSeq: bigint; maxSeqId: bigint }>> {
+    const { rows } = await this.#db.query<{ id: string; after_seq: string; max_seq_id: string }>(
+      `select s.id, coalesce(k.seq, sm.last_read_seq) as after_seq, s.max_seq_id
+         from session_members sm
+         join sessions s on s.id = sm.session_id
+         left join unnest($3::text[], $4::bigint[]) as k(sid, seq) on k.sid = s.id
+        where sm.username = $1 and s.member_count > $2 and s.max_seq_id > coalesce(k.seq, sm.last_read_seq)
+        order by s.id`,
+      [username, this.fanoutLimit, [...known.keys()], [...known.values()].map(String)],
+    );
+    return rows.map((r) => ({ sessionId: r.id, afterSeq: BigInt(r.after_seq), maxSeqId: BigInt(r.max_seq_id) }));
+  }
+
+  /** Which of `usernames` are members of which large sessions (only of `sessionId` when given). */
+  async largeMemberships(usernames: readonly string[], sessionId: string | undefined): Promise<Array<{ username: string; sessionId: string }>> {
+    const { rows } = await this.#db.query<{ username: string; session_id: string }>(
+      `select sm.username, sm.session_id from session_members sm join sessions s on s.id = sm.session_id
+        where sm.username = any($1::text[]) and s.member_count > $2 and ($3::text is null or s.id = $3)`,
+      [usernames, this.fanoutLimit, sessionId ?? null],
+    );
+    return rows.map((r) => ({ username: r.username, sessionId: r.session_id }));
   }
 
   /** Messages before `beforeSeq` (0 = newest), ascending by seq. */
@@ -507,16 +559,18 @@ export class LogicStore {
 
   /** The queue events of committed messages (PushEvent, encoded), in the order asked. */
   async pushEvents(msgIds: readonly string[]): Promise<Map<string, Uint8Array>> {
-    const { rows } = await this.#db.query<MessageRow & { name: string; stype: number }>(
-      `select ${MSG_COLUMNS}, s.name, s.type as stype from messages m join sessions s on s.id = m.session_id
+    const { rows } = await this.#db.query<MessageRow & { name: string; stype: number; large: boolean }>(
+      `select ${MSG_COLUMNS}, s.name, s.type as stype, s.member_count > $2 as large from messages m join sessions s on s.id = m.session_id
         where m.id = any($1::bigint[])`,
-      [msgIds],
+      [msgIds, this.fanoutLimit],
     );
     return new Map(
       rows.map((r) => {
-        // The event carries the message's fields plus the session's name and type.
+        // The event carries the message's fields plus the session's name, type and size (decided
+        // here, once: the published event is what every delivery sees).
         const { $typeName: _, sessionMeta: __, ...message } = toPush(r);
-        return [r.id, toBinary(PushEventSchema, create(PushEventSchema, { ...message, sessionName: r.name, sessionType: r.stype }))];
+        const event = create(PushEventSchema, { ...message, sessionName: r.name, sessionType: r.stype, large: r.large });
+        return [r.id, toBinary(PushEventSchema, event)];
       }),
     );
   }
@@ -571,11 +625,6 @@ export class LogicStore {
       "update outbox set claimed_until = '-infinity', claimed_by = null where published_at is null and claimed_until > '-infinity' and ($2 or claimed_by = $1)",
       [owner, all],
     );
-  }
-
-  /** Reclaims the outbox's dead rows (PGlite has no autovacuum; each published event leaves one). */
-  async vacuumOutbox(): Promise<void> {
-    await this.#db.query("vacuum outbox");
   }
 
   /** Outbox events not yet published. */

@@ -50,6 +50,9 @@ export class Metrics {
     registers: [this.registry],
   });
   readonly pushes = new Counter({ name: "resonance_pushes_total", help: "Push RPCs from task to gateways, by outcome", labelNames: ["outcome"], registers: [this.registry] });
+  readonly inboxRows = new Counter({ name: "resonance_inbox_rows_total", help: "Inbox rows written or found written by task (one per member of a small session's message)", registers: [this.registry] });
+  readonly routeLookups = new Counter({ name: "resonance_route_lookups_total", help: "Users whose routes task looked up", registers: [this.registry] });
+  readonly largeEvents = new Counter({ name: "resonance_large_events_total", help: "Events of large sessions: no inbox rows, pushed once per gateway", registers: [this.registry] });
   readonly internalRefused = new Counter({
     name: "resonance_internal_calls_refused_total",
     help: "Internal gRPC calls refused for a missing or wrong shared secret",

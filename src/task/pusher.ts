@@ -76,10 +76,14 @@ export class GatewayPusher {
     return this.#queue.length;
   }
 
-  /** Queues `message` for `toUsernames` on this gateway; sends at once if no call is in flight. Never throws. */
-  push(toUsernames: string[], message: PushMessage): void {
+  /**
+   * Queues `message` for `toUsernames` on this gateway — or, with `toSessionMembers`, for every
+   * member of its session connected there (a large session) — and sends at once if no call is in
+   * flight. Never throws.
+   */
+  push(toUsernames: string[], message: PushMessage, toSessionMembers = false): void {
     const bytes = encodedSizeBound(toUsernames, message);
-    this.#queue.push({ request: create(PushRequestSchema, { toUsernames, message }), bytes });
+    this.#queue.push({ request: create(PushRequestSchema, { toUsernames, message, toSessionMembers }), bytes });
     this.#queuedBytes += bytes;
     const maxBytes = this.#limits.maxQueuedBytes ?? DEFAULT_MAX_QUEUED_BYTES;
     let excess = 0;
