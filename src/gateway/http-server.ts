@@ -199,7 +199,11 @@ export class PublicServer {
    */
   #refuseSlot(req: http.IncomingMessage, socket: Duplex, head: Buffer, limit: SlotRefusal): void {
     this.#opts.metrics.wsLimited.inc({ limit });
-    this.#wss.handleUpgrade(req, socket, head, (ws) => ws.close(4429, SLOT_REFUSALS[limit]));
+    this.#wss.handleUpgrade(req, socket, head, (ws) => {
+      ws.close(4429, SLOT_REFUSALS[limit]);
+      // It holds no slot: a client that never answers the close must not keep the socket for long.
+      setTimeout(() => ws.terminate(), 5_000).unref();
+    });
   }
 
   /** Stops accepting: closes the listener and idle keep-alive sockets; later requests get 503. */
