@@ -3,9 +3,12 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { requireReachable, TEST_DATABASE_URL } from "../../test/support/services.js";
+import { requireReachable, requireServices, TEST_DATABASE_URL, TEST_NATS_URL } from "../../test/support/services.js";
+import { createQueue } from "../infra/queue/index.js";
 import { eventually } from "../../test/support/processes.js";
 import type { EventPublisher, OutgoingEvent } from "../infra/queue/types.js";
 import { migrate } from "../infra/storage/migrate.js";
@@ -280,3 +283,35 @@ describe.each(kinds)("group commit - $kind", ({ kind, available, setup }) =>
     });
   }),
 );
+
+const natsCheck = await requireServices(["nats"]);
+
+describe.skipIf(!natsCheck.ok)("relay - what the real queues promise", () => {
+  it("relay - JetStream acks are not on disk for the sync interval and name the server that gave them; the embedded queue's are final", async () => {
+    const run = randomBytes(4).toString("hex");
+    const stream = `RESONANCE_COMMIT_${run.toUpperCase()}`;
+    const js = createQueue({
+      natsUrl: TEST_NATS_URL,
+      name: `resonance-commit-${run}`,
+      log,
+      ackWaitMs: 5_000,
+      durable: `commit-${run}`,
+      stream,
+      subjects: { push: `commit.${run}.push`, deadLetter: `commit.${run}.dead` },
+    });
+    try {
+      await js.start();
+      expect(js.publisher.unsyncedMs).toBe(120_000);
+      // nats-server makes a new id at every start: a restarted server is told apart by it.
+      expect(js.publisher.destination()).toMatch(/^N[A-Z0-9]{55}$/);
+    } finally {
+      await js.close();
+      const nc = await connect({ servers: TEST_NATS_URL });
+      await (await jetstreamManager(nc)).streams.delete(stream).catch(() => false);
+      await nc.close();
+    }
+    const embedded = createQueue({ name: "embedded", log, ackWaitMs: 5_000 });
+    expect(embedded.publisher.unsyncedMs).toBe(0);
+    await embedded.close();
+  });
+});

@@ -155,7 +155,8 @@ export class OutboxRelay {
   async #housekeeping(): Promise<void> {
     if (this.#publisher.unsyncedMs === 0) return;
     const server = this.#publisher.destination();
-    if (server !== this.#server) {
+    // "unknown": not connected right now; the check waits for a server to compare with.
+    if (server !== this.#server && server !== "unknown") {
       const again = await this.#store.republishLost(server);
       if (again > 0) this.#log.warn({ events: again, server }, "the queue server changed: publishing again what it may not have written to disk");
       this.#server = server;

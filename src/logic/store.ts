@@ -186,6 +186,14 @@ const COMMIT_BATCH = `
 /** RESONANCE_INBOX_FANOUT_LIMIT's default (see the README). */
 export const DEFAULT_FANOUT_LIMIT = 200;
 
+/**
+ * Joined into an outbox claim, mark or delete: that statement's implicit transaction commits
+ * without waiting for its WAL flush (`synchronous_commit` off for it alone). Losing one in a
+ * database crash only publishes an event again, which the queue's dedup and the idempotent
+ * inbox absorb. The message commit itself always waits for its flush: its ack follows it.
+ */
+const ASYNC_COMMIT = "(select set_config('synchronous_commit', 'off', true)) as async_commit";
+
 /** Every SQL statement of the logic service. Parameterized only. */
 export class LogicStore {
   readonly #db: Storage;
@@ -549,6 +557,7 @@ export class LogicStore {
   async claimOutbox(limit: number, claimMs: number, owner: string): Promise<Array<{ id: string; msg_id: string }>> {
     const { rows } = await this.#db.query<{ id: string; msg_id: string }>(
       `update outbox set claimed_until = now() + ($2::int * interval '1 millisecond'), claimed_by = $3
+         from ${ASYNC_COMMIT}
         where id in (select id from outbox where published_at is null and claimed_until < now()
                       order by claimed_until, id limit $1 for update skip locked)
         returning id, msg_id`,
@@ -577,7 +586,7 @@ export class LogicStore {
 
   /** The events were published and the queue has them on disk: the rows go. */
   async deleteOutbox(ids: readonly string[]): Promise<void> {
-    await this.#db.query("delete from outbox where id = any($1::bigint[])", [ids]);
+    await this.#db.query(`delete from outbox using ${ASYNC_COMMIT} where id = any($1::bigint[])`, [ids]);
   }
 
   /**
@@ -585,13 +594,13 @@ export class LogicStore {
    * the rows stay, marked, until {@link deleteSynced} (or {@link republishLost}) sees to them.
    */
   async markPublished(ids: readonly string[], server: string): Promise<void> {
-    await this.#db.query("update outbox set published_at = now(), published_to = $2 where id = any($1::bigint[])", [ids, server]);
+    await this.#db.query(`update outbox set published_at = now(), published_to = $2 from ${ASYNC_COMMIT} where id = any($1::bigint[])`, [ids, server]);
   }
 
   /** Deletes up to `limit` rows published more than `syncedMs` ago; resolves with how many went. */
   async deleteSynced(syncedMs: number, limit: number): Promise<number> {
     const { rowCount } = await this.#db.query(
-      `delete from outbox where id in (select id from outbox where published_at < now() - ($1::int * interval '1 millisecond')
+      `delete from outbox using ${ASYNC_COMMIT} where id in (select id from outbox where published_at < now() - ($1::int * interval '1 millisecond')
                                         order by published_at limit $2)`,
       [syncedMs, limit],
     );

@@ -20,8 +20,8 @@ export interface EventPublisher {
   readonly unsyncedMs: number;
   /**
    * Which server acknowledges publishes now: a new value after the server restarted (JetStream:
-   * the connected server's id, new at every start). Events acked by another server within
-   * {@link unsyncedMs} may be lost and are published again.
+   * the connected server's id, new at every start; "unknown" while not connected). Events acked
+   * by another server within {@link unsyncedMs} may be lost and are published again.
    */
   destination(): string;
 }
