@@ -73,6 +73,28 @@ function implementations(routes: (router: ConnectRouter) => void): Map<DescMetho
   return impls;
 }
 
+/**
+ * The abort signal of one call, made only if someone looks at it (an AbortController per call
+ * is a good part of an in-process call's cost, and handlers rarely need it).
+ */
+class LazySignal {
+  #controller: AbortController | undefined;
+  #reason: unknown;
+  #aborted = false;
+
+  get signal(): AbortSignal {
+    if (this.#aborted && !this.#controller) return AbortSignal.abort(this.#reason);
+    this.#controller ??= new AbortController();
+    return this.#controller.signal;
+  }
+
+  abort(reason: unknown): void {
+    this.#aborted = true;
+    this.#reason = reason;
+    this.#controller?.abort(reason);
+  }
+}
+
 const chain = (interceptors: readonly Interceptor[], last: UnaryFn): UnaryFn =>
   interceptors.reduceRight<UnaryFn>((next, i) => i(next as never) as UnaryFn, last);
 
@@ -111,7 +133,7 @@ export function createDirectTransport(opts: DirectTransportOptions): Transport {
     const url = `${IN_PROCESS_SCHEME}/${service.typeName}/${method.name}`;
     const timeout = timeoutMs ?? opts.defaultTimeoutMs;
     const deadline = timeout > 0 ? Date.now() + timeout : undefined;
-    const controller = new AbortController();
+    const abort = new LazySignal();
     const handle: UnaryFn = async (req) => {
       if (!impl) throw new ConnectError(`${service.typeName}.${method.name} is not implemented`, Code.Unimplemented);
       const responseHeader = new Headers();
@@ -122,7 +144,9 @@ export function createDirectTransport(opts: DirectTransportOptions): Transport {
         protocolName: "in-process",
         requestMethod: "POST",
         url,
-        signal: controller.signal,
+        get signal() {
+          return abort.signal;
+        },
         timeoutMs: () => (deadline === undefined ? undefined : deadline - Date.now()),
         requestHeader: req.header,
         responseHeader,
@@ -138,7 +162,19 @@ export function createDirectTransport(opts: DirectTransportOptions): Transport {
       if (bytes.byteLength > opts.readMaxBytes) {
         throw new ConnectError(`message size ${bytes.byteLength} is larger than configured readMaxBytes ${opts.readMaxBytes}`, Code.ResourceExhausted);
       }
-      const res = await server({ ...req, message: fromBinary(method.input, bytes) } as UnaryRequest);
+      const res = await server({
+        stream: false,
+        service,
+        method,
+        requestMethod: req.requestMethod,
+        url: req.url,
+        get signal() {
+          return abort.signal;
+        },
+        header: req.header,
+        contextValues: req.contextValues,
+        message: fromBinary(method.input, bytes),
+      } as UnaryRequest);
       return { ...res, message: fromBinary(method.output, toBinary(method.output, res.message)) } as UnaryResponse;
     };
     const req = {
@@ -147,12 +183,14 @@ export function createDirectTransport(opts: DirectTransportOptions): Transport {
       method,
       requestMethod: "POST",
       url,
-      signal: controller.signal,
+      get signal() {
+        return abort.signal;
+      },
       header: new Headers(header),
       contextValues: contextValues ?? createContextValues(),
       message: create(method.input, input as never),
     } as UnaryRequest;
-    return settle(chain(opts.clientInterceptors, wire)(req), controller, timeout, signal);
+    return settle(chain(opts.clientInterceptors, wire)(req), abort, timeout, signal);
   };
   return {
     unary: unary as Transport["unary"],
@@ -164,12 +202,12 @@ export function createDirectTransport(opts: DirectTransportOptions): Transport {
  * `call`, unless the deadline passes (deadline_exceeded) or the caller aborts (canceled) first;
  * either also aborts the handler's signal. No timer when there is no deadline.
  */
-function settle<T>(call: Promise<T>, controller: AbortController, timeoutMs: number, signal: AbortSignal | undefined): Promise<T> {
+function settle<T>(call: Promise<T>, abort: LazySignal, timeoutMs: number, signal: AbortSignal | undefined): Promise<T> {
   if (timeoutMs <= 0 && !signal) return call;
   return new Promise<T>((resolve, reject) => {
     const fail = (err: ConnectError): void => {
       done();
-      controller.abort(err);
+      abort.abort(err);
       reject(err);
     };
     const onAbort = (): void => fail(ConnectError.from(signal?.reason, Code.Canceled));
