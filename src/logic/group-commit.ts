@@ -57,6 +57,8 @@ export class GroupCommit {
   readonly #log: Logger;
   #queue: Waiting[] = [];
   #inFlight = 0;
+  /** Sessions of the statements in flight. */
+  readonly #busy = new Set<string>();
   #scheduled = false;
 
   constructor(store: LogicStore, opts: GroupCommitOptions, onCommit: CommitListener, log: Logger) {
@@ -92,6 +94,28 @@ export class GroupCommit {
     );
   }
 
+  /**
+   * The next batch: queued chats in order, up to `maxBatch`, leaving out every session that a
+   * statement in flight holds — and, once one chat of a session is left out, the later ones of
+   * that session too. So two statements never hold one session, and a session's chats commit in
+   * the order they were submitted (seq order = arrival order within this instance).
+   */
+  #take(): Waiting[] {
+    const batch: Waiting[] = [];
+    const rest: Waiting[] = [];
+    const held = new Set(this.#busy);
+    for (const w of this.#queue) {
+      const id = w.message.sessionId;
+      if (batch.length < this.#opts.maxBatch && !held.has(id)) batch.push(w);
+      else {
+        rest.push(w);
+        held.add(id);
+      }
+    }
+    this.#queue = rest;
+    return batch;
+  }
+
   /** Schedules a statement if a slot is free (after the current I/O turn, so one read's calls go together). */
   #pump(): void {
     if (this.#scheduled || this.#queue.length === 0 || this.#inFlight >= this.#opts.maxInFlight) return;
@@ -99,9 +123,13 @@ export class GroupCommit {
     setImmediate(() => {
       this.#scheduled = false;
       while (this.#queue.length > 0 && this.#inFlight < this.#opts.maxInFlight) {
-        const batch = this.#queue.splice(0, this.#opts.maxBatch);
+        const batch = this.#take();
+        if (batch.length === 0) break; // every queued chat waits for a session in flight
+        const sessions = new Set(batch.map((w) => w.message.sessionId));
+        for (const id of sessions) this.#busy.add(id);
         this.#inFlight++;
         void this.#run(batch).finally(() => {
+          for (const id of sessions) this.#busy.delete(id);
           this.#inFlight--;
           this.#pump();
         });
