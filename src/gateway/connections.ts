@@ -64,6 +64,8 @@ class Connection {
   pendingClose: { code: number; reason: string; timer: NodeJS.Timeout } | undefined;
   /** The close frame is sent: nothing more goes out. */
   closing = false;
+  /** The TCP socket is corked until the end of this tick (see `#write`). */
+  corked = false;
 
   constructor(username: string, token: string, ws: WebSocket) {
     this.username = username;
@@ -301,6 +303,17 @@ export class ConnectionHub {
 
   #write(conn: Connection, frame: Uint8Array): void {
     conn.writing += frame.byteLength;
+    // Frames written in one tick (the acks of a batch, pushes) leave in one writev, not one each.
+    // ws exposes no cork of its own; its socket is `_socket` (ws corks around each frame too).
+    const socket = (conn.ws as unknown as { _socket?: { cork(): void; uncork(): void } })._socket;
+    if (socket && !conn.corked) {
+      conn.corked = true;
+      socket.cork();
+      process.nextTick(() => {
+        conn.corked = false;
+        socket.uncork();
+      });
+    }
     conn.ws.send(frame, { binary: true }, () => {
       conn.writing -= frame.byteLength;
       this.#pump(conn);

@@ -52,6 +52,8 @@ export class Channels {
         sessionManager: manager,
         defaultTimeoutMs: this.#timeoutMs,
         interceptors: this.#interceptors,
+        // Internal calls stay uncompressed: gzip of a batch's answer cost more CPU than the bytes it saved on a LAN.
+        acceptCompression: [],
       });
       ch = { manager, transport, clients: new Map() };
       this.#channels.set(address, ch);
