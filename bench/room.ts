@@ -120,7 +120,10 @@ async function main(): Promise<void> {
         const code = p.payload.value.errorCode || "unknown";
         errorCodes[code] = (errorCodes[code] ?? 0) + 1;
       }
-      else if (measuring) (acked++, ackLatency.push(now() - s));
+      else if (measuring) {
+        acked++;
+        ackLatency.push(now() - s);
+      }
     });
     let n = 0;
     let measuredPosts = 0;
