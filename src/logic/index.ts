@@ -59,7 +59,7 @@ export class LogicService {
       ...(ns ? { prefix: `${ns}:resonance:limit:` } : {}),
     });
     this.#revocations = new RevocationNotifier(deps.registry, config.internalSecret, deps.log.child({ part: "revoke" }));
-    this.#relay = new OutboxRelay(this.#store, deps.queue.publisher, { ...config.relay, owner: config.instanceId }, deps.log.child({ part: "relay" }), deps.metrics);
+    this.#relay = new OutboxRelay(this.#store, deps.queue.publisher, { ...config.relay, owner: config.instanceId, backgroundSlowRounds: deps.queue.kind === "embedded" }, deps.log.child({ part: "relay" }), deps.metrics);
     this.#rpc = new RpcServer({
       name: "logic gRPC",
       host: config.listen.host,
