@@ -290,7 +290,13 @@ export class TaskService {
   /** After a batch statement failed for a suspect event: each event alone, so only the one at fault fails. */
   async #writeOneByOne(events: readonly Decoded[]): Promise<Decoded[]> {
     const written: Decoded[] = [];
+    /** Sessions with an event handed back: their later events follow it (seq order per session). */
+    const held = new Set<string>();
     for (const e of events) {
+      if (held.has(e.event.sessionId)) {
+        this.#retryLater([e], "an earlier event of its session is being retried");
+        continue;
+      }
       try {
         const members = await writeInboxFront(this.#d.storage, [e.event]);
         this.#d.metrics.inboxRows.inc(members.reduce((n, m) => n + m.length, 0));
@@ -301,7 +307,8 @@ export class TaskService {
           await this.#deadLetterPoison(e, err);
           continue;
         }
-        // Not its fault (yet): this one comes back later; the others still get their turn alone.
+        // Not its fault (yet): this one comes back later; other sessions' events still get their turn.
+        held.add(e.event.sessionId);
         this.#retryLater([e], err);
       }
     }
