@@ -71,7 +71,7 @@ export class LogicService {
       ...(ns ? { prefix: `${ns}:resonance:limit:` } : {}),
     });
     this.#revocations = new RevocationNotifier(deps.registry, config.internalSecret, deps.log.child({ part: "revoke" }), deps.inProcess?.servers);
-    this.#relay = new OutboxRelay(this.#store, deps.queue.publisher, { ...config.relay, owner: config.instanceId }, deps.log.child({ part: "relay" }), deps.metrics);
+    this.#relay = new OutboxRelay(this.#store, deps.queue.publisher, { ...config.relay, owner: config.instanceId, backgroundSlowRounds: deps.queue.kind === "embedded" }, deps.log.child({ part: "relay" }), deps.metrics);
     this.#commits = new GroupCommit(
       this.#store,
       {

@@ -35,6 +35,11 @@ export interface RelayOptions {
   readonly owner: string;
   /** Added to the queue's sync interval before a published row goes (default 5 s). */
   readonly syncMarginMs?: number;
+  /**
+   * Let a slow round go on in the background (the embedded queue, whose publish waits for the
+   * consumer). Off for JetStream, whose publish waits only for the stream: rounds stay in order.
+   */
+  readonly backgroundSlowRounds?: boolean;
 }
 
 /**
@@ -172,6 +177,10 @@ export class OutboxRelay {
     const rows = await this.#store.claimOutbox(this.#opts.batchSize, CLAIM_MS, this.#opts.owner);
     if (rows.length === 0) return 0;
     const done = this.#publishRows(rows);
+    if (!this.#opts.backgroundSlowRounds) {
+      await done;
+      return rows.length;
+    }
     let timer: NodeJS.Timeout | undefined;
     const slow = new Promise<"slow">((resolve) => (timer = setTimeout(() => resolve("slow"), SLOW_ROUND_MS)));
     try {

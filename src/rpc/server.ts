@@ -62,6 +62,9 @@ function classify(err: unknown): ConnectError | undefined {
   if (typeof code !== "string") return undefined;
   if (code.startsWith("22")) return new ConnectError("invalid input: a value the database cannot store", Code.InvalidArgument);
   if (code === "57014") return new ConnectError("the database took too long; try again", Code.DeadlineExceeded);
+  // Out of memory or locks (class 53), a serialization failure or a deadlock: nothing was
+  // written and the same call may well succeed in a moment.
+  if (code.startsWith("53") || code === "40001" || code === "40P01") return new ConnectError("the database is busy; try again", Code.Unavailable);
   return undefined;
 }
 

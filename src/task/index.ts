@@ -86,6 +86,15 @@ export function decodeEvent(data: Uint8Array): PushEvent | string {
   return e;
 }
 
+/**
+ * True when `err` came from a database server that is up: it has a SQLSTATE that is not a
+ * connection exception (class 08) or an operator intervention (57P: shutdown, crash recovery).
+ */
+function databaseAnswered(err: unknown): boolean {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === "string" && /^([0-9]{2}|F0|HV|P0|XX)[0-9A-Z]{3}$/.test(code) && !code.startsWith("08") && !code.startsWith("57P");
+}
+
 /** A PostgreSQL "data exception" (SQLSTATE class 22): the row is at fault, not the database. */
 function isDataError(err: unknown): boolean {
   const code = (err as { code?: unknown } | undefined)?.code;
@@ -204,7 +213,11 @@ export class TaskService {
     try {
       await this.#d.storage.query("select 1");
       return true;
-    } catch {
+    } catch (probe) {
+      // An error with a SQLSTATE is the server answering (PostgreSQL may report the failed
+      // statement before it has released its locks, so "out of shared memory" can follow at once).
+      if (databaseAnswered(probe)) return true;
+      this.#d.log.warn({ err: probe, id: e.delivered.id }, "the database does not answer either; the event is not taken for poison");
       return false;
     }
   }
@@ -280,7 +293,13 @@ export class TaskService {
   /** After a batch statement failed for a suspect event: each event alone, so only the one at fault fails. */
   async #writeOneByOne(events: readonly Decoded[]): Promise<Decoded[]> {
     const written: Decoded[] = [];
+    /** Sessions with an event handed back: their later events follow it (seq order per session). */
+    const held = new Set<string>();
     for (const e of events) {
+      if (held.has(e.event.sessionId)) {
+        this.#retryLater([e], "an earlier event of its session is being retried");
+        continue;
+      }
       try {
         const members = await writeInboxFront(this.#d.storage, [e.event]);
         this.#d.metrics.inboxRows.inc(members.reduce((n, m) => n + m.length, 0));
@@ -291,7 +310,8 @@ export class TaskService {
           await this.#deadLetterPoison(e, err);
           continue;
         }
-        // Not its fault (yet): this one comes back later; the others still get their turn alone.
+        // Not its fault (yet): this one comes back later; other sessions' events still get their turn.
+        held.add(e.event.sessionId);
         this.#retryLater([e], err);
       }
     }
@@ -300,7 +320,8 @@ export class TaskService {
 
   /** Hands events back with a back-off, so a database that is down is not hammered by instant redeliveries. */
   #retryLater(events: readonly Decoded[], err: unknown): void {
-    this.#d.log.warn({ err, events: events.length }, "inbox write failed; events handed back for a later retry");
+    const first = events.slice(0, 5).map((e) => `${e.delivered.id}#${e.delivered.deliveryCount}`);
+    this.#d.log.warn({ err, events: events.length, first }, "inbox write failed; events handed back for a later retry");
     this.#d.metrics.eventsHandled.inc({ outcome: "retry" }, events.length);
     for (const e of events) {
       const backoff = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** Math.min(16, e.delivered.deliveryCount - 1));
