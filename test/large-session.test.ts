@@ -194,11 +194,23 @@ for (const mode of ["cluster", "standalone"] as const satisfies readonly Mode[])
 }
 
 /**
- * The issue's failure: with fan-out on write for a 20,000-member room (the limit set above it),
- * the room post's inbox write cannot succeed (the lock table is too small). It is retried with
- * back-off, then dead-lettered with its reason; meanwhile and afterwards other sessions' messages
- * flow (in standalone the relay is not held by it).
+ * A room post whose inbox write can never succeed is retried with back-off, then dead-lettered
+ * with its reason; meanwhile and afterwards other sessions' messages flow (in standalone the
+ * relay is not held by it). Standalone: the issue's failure itself, fan-out on write for a
+ * 20,000-member room (the limit set above it) in PGlite, whose lock table is too small. Cluster:
+ * the database refuses the post's inbox rows (a trigger of the test's own database), because
+ * filling PostgreSQL's shared lock table would fail the other test files running on that server.
  */
+const POISON_TRIGGER = `
+  create function refuse_poison() returns trigger language plpgsql as $$
+  begin
+    if exists (select 1 from messages m where m.id = new.msg_id and m.content = 'poison') then
+      raise exception 'the test refuses inbox rows of this message';
+    end if;
+    return new;
+  end $$;
+  create trigger refuse_poison before insert on inbox for each row execute function refuse_poison();`;
+
 for (const mode of ["cluster", "standalone"] as const satisfies readonly Mode[]) {
   describe.skipIf(mode === "cluster" && !services.ok)(`a poison event (${mode})`, () => {
     let cluster: TestCluster;
@@ -206,7 +218,14 @@ for (const mode of ["cluster", "standalone"] as const satisfies readonly Mode[])
     const tokens: Record<string, string> = {};
 
     beforeAll(async () => {
-      ({ cluster, task } = await withBulkRoom(mode, ["alice", "bob"], tokens, { RESONANCE_INBOX_FANOUT_LIMIT: "1000000" }));
+      if (mode === "standalone") {
+        ({ cluster, task } = await withBulkRoom(mode, ["alice", "bob"], tokens, { RESONANCE_INBOX_FANOUT_LIMIT: "1000000" }));
+        return;
+      }
+      cluster = await TestCluster.start({ mode, gateways: 1 });
+      for (const u of ["alice", "bob"]) tokens[u] = await register(cluster.urls[0]!, u);
+      await cluster.sql(POISON_TRIGGER);
+      task = cluster.tasks[0]!;
     }, 120_000);
     afterAll(async () => {
       await cluster?.destroy();
@@ -218,10 +237,10 @@ for (const mode of ["cluster", "standalone"] as const satisfies readonly Mode[])
       const alice = new RawSocket(url, tokens.alice!);
       const bob = new RawSocket(url, tokens.bob!);
       await Promise.all([alice.opened, bob.opened]);
-      alice.send({ seq: "room", payload: { case: "chat", value: { sessionId: "0", content: "too many to fan out on write" } } });
+      alice.send({ seq: "room", payload: { case: "chat", value: { sessionId: "0", content: mode === "cluster" ? "poison" : "too many to fan out on write" } } });
       expect((await alice.ackFor("room")).error).toBe("");
       // While the room post is failing, one-to-one messages still go through.
-      // (While the room's statement fills PostgreSQL's lock table, a commit may be refused with
+      // (While the room's statement fills PGlite's lock table, a commit may be refused with
       // unavailable, "the database is busy": the client resends, as the SDK does.)
       const sendDm = async (seq: string, content: string) => {
         for (let attempt = 1; ; attempt++) {
@@ -244,7 +263,7 @@ for (const mode of ["cluster", "standalone"] as const satisfies readonly Mode[])
         "the room post dead-lettered",
       );
       expect(dead.deliveryCount).toBe(5);
-      expect(String(dead.reason)).toMatch(/^inbox write failed 5 times: .*(shared memory|max_locks_per_transaction)/);
+      expect(String(dead.reason)).toMatch(mode === "cluster" ? /^inbox write failed 5 times: .*the test refuses inbox rows/ : /^inbox write failed 5 times: .*(shared memory|max_locks_per_transaction)/);
       expect(await counter(task, 'resonance_events_handled_total{outcome="dead-letter"}')).toBe(1);
       expect(await counter(task, 'resonance_events_handled_total{outcome="retry"}')).toBeGreaterThanOrEqual(4);
       // And after it, too.
