@@ -28,6 +28,8 @@ export const BENCH_ENV: Readonly<Record<string, string>> = {
   RESONANCE_CHAT_BURST: "1000000",
   RESONANCE_AUTH_RATE: "100000",
   RESONANCE_AUTH_BURST: "100000",
+  // Every bench connection comes from this machine's address.
+  RESONANCE_WS_PER_ADDRESS: "100000",
   RESONANCE_WS_DRAIN_WINDOW: "1s",
 };
 

@@ -18,6 +18,7 @@ import { migrations } from "./logic/migrations.js";
 import { HealthServer } from "./observability/health.js";
 import { createLogger, type Logger } from "./observability/log.js";
 import { Metrics } from "./observability/metrics.js";
+import { LocalServers, type InProcessWiring } from "./rpc/in-process.js";
 import { TaskService } from "./task/index.js";
 
 export type Role = "gateway" | "logic" | "task" | "all";
@@ -70,8 +71,8 @@ export class App {
   /** Throws ConfigError (before anything is opened) when the settings do not suit the role. */
   constructor(config: Config, role: Role, log?: Logger) {
     checkRole(config, role);
-    // `all` without etcd: nobody outside this process can find its internal ports, and every
-    // call to them is its own, so they require a secret it makes up (never open, even on loopback).
+    // `all` without etcd: nobody outside this process can find its services, and every internal
+    // call is its own (in process, no port is opened), so they require a secret it makes up.
     const ownSecret = role === "all" && !config.internalSecret && config.etcdEndpoints.length === 0;
     this.config = ownSecret ? Object.freeze({ ...config, internalSecret: randomBytes(32).toString("base64url") }) : config;
     this.role = role;
@@ -147,7 +148,7 @@ export class App {
     if (r !== "gateway") {
       const storage = await this.#open(
         "storage",
-        createStorage({ databaseUrl: c.databaseUrl, dataDir: c.dataDir, applicationName: name, log: log.child({ part: "storage" }) }),
+        createStorage({ databaseUrl: c.databaseUrl, dataDir: c.dataDir, applicationName: name, poolSize: c.pgPoolSize, log: log.child({ part: "storage" }) }),
       );
       if (r === "all") await migrate(storage, migrations, log);
       else await requireSchema(storage);
@@ -168,6 +169,7 @@ export class App {
           name,
           log: log.child({ part: "queue" }),
           ackWaitMs: c.task.ackWaitMs,
+          syncIntervalMs: c.natsSyncIntervalMs,
           ...(ns ? { stream: `RESONANCE_PUSH_${ns.toUpperCase()}`, subjects: { push: `${ns}.${PUSH_SUBJECT}`, deadLetter: `${ns}.${DEAD_LETTER_SUBJECT}` } } : {}),
         }),
       );
@@ -175,18 +177,21 @@ export class App {
       data = { storage, routes, queue };
     }
     const deps = { log, metrics: this.metrics, registry, faults: this.faults };
+    // `all`: the services call each other in process; without etcd nobody else can find them,
+    // so their internal ports are not opened at all.
+    const inProcess: InProcessWiring | undefined = r === "all" ? { servers: new LocalServers(), listen: c.etcdEndpoints.length > 0 } : undefined;
     if (r === "logic" || r === "all") {
       const tokenSecret = await this.#tokenSecret();
       this.logic = await this.#open(
         "logic",
-        new LogicService(c, { ...deps, ...data!, tokenSecret, connectionName: name }),
+        new LogicService(c, { ...deps, ...data!, tokenSecret, connectionName: name, inProcess }),
       );
     }
     if (r === "task" || r === "all") {
-      this.task = await this.#open("task", new TaskService(c, { ...deps, ...data! }));
+      this.task = await this.#open("task", new TaskService(c, { ...deps, ...data!, localServers: inProcess?.servers }));
     }
     if (r === "gateway" || r === "all") {
-      this.gateway = await this.#open("gateway", new GatewayService(c, { ...deps, probeLogic: r === "gateway" }));
+      this.gateway = await this.#open("gateway", new GatewayService(c, { ...deps, probeLogic: r === "gateway", inProcess }));
       const gateway = this.gateway;
       this.#health?.addCheck(() => gateway.notReadyReason);
     }

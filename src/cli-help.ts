@@ -27,7 +27,7 @@ export const COMMANDS: readonly CommandSpec[] = [
     summary: "gateway, logic and task in one process (what `npm start` runs)",
     usage: "resonance all",
     details: SERVICE_DETAILS(
-      "Runs the three services in one process. Without infrastructure URLs it needs nothing else:\nPGlite saved in RESONANCE_DATA_DIR (./data), an in-process queue, in-memory presence and\nregistry. Migrations are applied on start.",
+      "Runs the three services in one process. Without infrastructure URLs it needs nothing else:\nPGlite saved in RESONANCE_DATA_DIR (./data), an in-process queue, in-memory presence and\nregistry. Migrations are applied on start. The services call each other in process; without\netcd no internal port is opened.",
       "RESONANCE_HTTP_PORT (8080), RESONANCE_DATA_DIR, RESONANCE_LOG_FORMAT",
     ),
     options: HELP,

@@ -32,7 +32,7 @@ describeWith(services, "chaos (cluster)", () => {
         // Every chat spends 100 ms in logic before its commit, so each kill finds chats in flight:
         // committed after their gateway died (the resend must get the original ack, not a copy),
         // or lost with their logic before the commit (the gateway retries elsewhere).
-        RESONANCE_FAULTS: "logic.SendMessage=100",
+        RESONANCE_FAULTS: "logic.SendMessages=100",
       },
     });
   });

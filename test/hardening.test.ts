@@ -16,6 +16,17 @@ if (!services.ok) console.warn(`hardening tests: cluster mode skipped: ${service
 
 const NUL = "\u0000";
 
+/** "connected", or the error code of a TCP connection attempt to a loopback port. */
+function tcpOutcome(port: number): Promise<string> {
+  return new Promise((resolve) => {
+    const c = tcpConnect(port, "127.0.0.1", () => {
+      c.destroy();
+      resolve("connected");
+    });
+    c.on("error", (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+  });
+}
+
 /** A raw binary Connect call (for bodies no client would send). */
 async function postProto(url: string, path: string, body: Uint8Array, token?: string): Promise<{ status: number; body: Record<string, unknown> }> {
   const res = await fetch(`${url}/${path}`, {
@@ -178,9 +189,13 @@ describe.each(modes)("hardening (%s)", (mode) => {
     await expect(anon.auth.login({ username: "erin", password: "wrong-guess" })).rejects.toMatchObject({ code: Code.Unauthenticated });
   });
 
-  it("hardening - nicknames and group names with bidi overrides are refused; a user may create 20 groups, then must wait", async () => {
+  it("hardening - nicknames and group names with bidi overrides are refused; a user may create 20 groups (refused attempts not counted), then must wait", async () => {
     const api = createApi(url, { binary: false, token: token.bob! });
     await expect(api.session.createSession({ members: ["alice"], name: "pay\u202eme", type: 2 })).rejects.toMatchObject({ code: Code.InvalidArgument });
+    // Refused requests (unknown members) spend nothing of the budget.
+    for (let i = 0; i < 5; i++) {
+      await expect(api.session.createSession({ members: ["alice", `ghost-of-${i}`], name: `nope ${i}`, type: 2 })).rejects.toMatchObject({ code: Code.NotFound });
+    }
     const made = [];
     for (let i = 0; i < 20; i++) made.push((await api.session.createSession({ members: ["alice"], name: `group ${i}`, type: 2 })).sessionId);
     expect(new Set(made).size).toBe(20);
@@ -191,8 +206,25 @@ describe.each(modes)("hardening (%s)", (mode) => {
     expect((await createApi(url, { binary: true, token: token.alice! }).session.createSession({ members: ["bob"], type: 2 })).sessionId).toMatch(/^group:/);
   });
 
-  it("hardening - the internal gRPC ports refuse calls without the shared secret (in `all` too, which makes its own)", async () => {
-    const p = cluster.mode === "cluster" ? cluster.logics[0]! : cluster.gateways[0]!;
+  it("hardening - the internal gRPC ports refuse calls without the shared secret; `all` without etcd opens none", async () => {
+    if (cluster.mode === "standalone") {
+      // Its gateway, logic and task call each other in process: nothing listens on the internal ports.
+      const p = cluster.gateways[0]!;
+      const outcomes = await Promise.all([p.env.RESONANCE_LOGIC_PORT, p.env.RESONANCE_PUSH_PORT].map((port) => tcpOutcome(Number(port))));
+      expect(outcomes).toEqual(["ECONNREFUSED", "ECONNREFUSED"]);
+      // Whole all the same: the chat reaches logic (acked) and its push comes back through task and gateway.
+      const [alice, bob] = [new RawSocket(url, token.alice!), new RawSocket(url, token.bob!)];
+      await Promise.all([alice.opened, bob.opened]);
+      const session = await createApi(url, { binary: true, token: token.alice! }).session.createSession({ members: ["bob"], type: 1 });
+      alice.send({ seq: "no-port-1", payload: { case: "chat", value: { sessionId: session.sessionId, content: "in process" } } });
+      expect((await alice.ackFor("no-port-1")).error).toBe("");
+      const push = await bob.next((x) => x.payload.case === "push" && x.payload.value.content === "in process");
+      expect(push.payload.value).toMatchObject({ sessionId: session.sessionId, fromUsername: "alice" });
+      alice.close();
+      bob.close();
+      return;
+    }
+    const p = cluster.logics[0]!;
     const none = new Channels({ timeoutMs: 5_000 });
     const wrong = new Channels({ timeoutMs: 5_000, secret: "w".repeat(40) });
     try {

@@ -110,29 +110,73 @@ describeWith(services, "operations (cluster)", () => {
     expect(lines.every((l) => l.service === "gateway" && l.instance === cluster.gateways[0]!.env.RESONANCE_INSTANCE_ID)).toBe(true);
   });
 
-  it("operations - chat rate limit per connection: the burst is acked, then resource_exhausted acks, then close 4429; another connection is unaffected", async () => {
+  it("operations - chat rate limit per user: the burst is shared by the user's connections, then resource_exhausted acks, then close 4429 after the accepted chats' acks; a reconnect gets no fresh burst; another user is unaffected", async () => {
     const gw = await cluster.startProcess("gateway", { RESONANCE_CHAT_RATE: "1", RESONANCE_CHAT_BURST: "5" });
+    const bob = (await createApi(baseUrl(gw)).auth.login({ username: "bob", password: "pw-bob-12" })).accessToken;
     const flooder = new RawSocket(baseUrl(gw), alice);
-    const calm = new RawSocket(baseUrl(gw), alice);
-    await Promise.all([flooder.opened, calm.opened]);
-    const send = (i: number) => flooder.send({ seq: `f-${i}`, payload: { case: "chat", value: { sessionId: "0", content: `flood ${i}` } } });
-    // The burst, answered; then a flood (a close cuts off the acks still on their way from logic).
-    for (let i = 0; i < 5; i++) send(i);
-    await Promise.all([0, 1, 2, 3, 4].map((i) => flooder.ackFor(`f-${i}`)));
-    for (let i = 5; i < 30; i++) send(i);
+    const sibling = new RawSocket(baseUrl(gw), alice);
+    const calm = new RawSocket(baseUrl(gw), bob);
+    await Promise.all([flooder.opened, sibling.opened, calm.opened]);
+    const chat = (s: RawSocket, seq: string) => s.send({ seq, payload: { case: "chat", value: { sessionId: "0", content: seq } } });
+    // Two chats on the sibling and three on the flooder use up alice's burst of five.
+    chat(sibling, "s-0");
+    chat(sibling, "s-1");
+    for (let i = 0; i < 3; i++) chat(flooder, `f-${i}`);
+    await Promise.all([sibling.ackFor("s-0"), sibling.ackFor("s-1"), ...[0, 1, 2].map((i) => flooder.ackFor(`f-${i}`))]);
+    chat(sibling, "s-2");
+    expect((await sibling.ackFor("s-2")).errorCode).toBe("resource_exhausted");
+    // A flood: refusals, then a 4429 close once a burst's worth more was refused.
+    for (let i = 3; i < 30; i++) chat(flooder, `f-${i}`);
     const closed = await Promise.race([flooder.closed, new Promise<never>((_, reject) => setTimeout(() => reject(new Error("the flooding socket was not closed")), 15_000))]);
-    expect(closed.code).toBe(4429);
+    expect(closed).toMatchObject({ code: 4429, reason: "rate limited" });
     const acks = flooder.packets.flatMap((p) => (p.payload.case === "ack" ? [p.payload.value] : []));
     const ok = acks.filter((a) => a.error === "").length;
     const limited = acks.filter((a) => a.errorCode === "resource_exhausted").length;
-    expect(ok).toBeGreaterThanOrEqual(5);
-    expect(ok).toBeLessThanOrEqual(7); // the burst, and at most what one second refills
-    expect(limited).toBeGreaterThanOrEqual(1);
+    expect(ok).toBeGreaterThanOrEqual(3);
+    expect(ok).toBeLessThanOrEqual(5); // three of the burst, and at most what the time refilled
+    expect(limited).toBeGreaterThanOrEqual(5);
     expect(ok + limited).toBe(acks.length);
-    expect(acks.length).toBeLessThan(30); // closed before answering them all
-    calm.send({ seq: "calm-1", payload: { case: "chat", value: { sessionId: "0", content: "still fine" } } });
+    expect(acks.length).toBeLessThan(30); // the chats after the decision were dropped unanswered
+    // A reconnect of alice finds her bucket still empty.
+    const again = new RawSocket(baseUrl(gw), alice);
+    await again.opened;
+    chat(again, "r-0");
+    const first = await Promise.race([again.ackFor("r-0").then((a) => a.errorCode), again.closed.then((c) => `closed ${c.code}`)]);
+    expect(["resource_exhausted", "closed 4429"]).toContain(first);
+    // Bob is not affected.
+    chat(calm, "calm-1");
     expect((await calm.ackFor("calm-1")).error).toBe("");
-    calm.close();
+    for (const s of [sibling, calm, again]) s.close();
+    gw.kill("SIGTERM");
+    await gw.exited;
+  });
+
+  it("operations - connections per user and per address: one more is closed right after its handshake with 4429 and the limit, and counted", async () => {
+    const gw = await cluster.startProcess("gateway", { RESONANCE_WS_PER_USER: "3", RESONANCE_WS_PER_ADDRESS: "4" });
+    const bob = (await createApi(baseUrl(gw)).auth.login({ username: "bob", password: "pw-bob-12" })).accessToken;
+    const mine = [1, 2, 3].map(() => new RawSocket(baseUrl(gw), alice));
+    await Promise.all(mine.map((s) => s.opened));
+    const fourth = new RawSocket(baseUrl(gw), alice);
+    expect(await fourth.closed).toMatchObject({ code: 4429, reason: "too many connections for this user" });
+    const bobs = new RawSocket(baseUrl(gw), bob);
+    await bobs.opened;
+    // The address has its four now (three of alice's, one of bob's).
+    const fifth = new RawSocket(baseUrl(gw), bob);
+    expect(await fifth.closed).toMatchObject({ code: 4429, reason: "too many connections from this address" });
+    // A closed connection gives its slot back.
+    mine[0]!.close();
+    await mine[0]!.closed;
+    const replacement = await eventually(async () => {
+      const s = new RawSocket(baseUrl(gw), alice);
+      await s.opened;
+      s.send({ payload: { case: "pulse", value: {} } });
+      const outcome = await Promise.race([s.next((p) => p.payload.case === "pulse").then(() => "served"), s.closed.then(() => "closed")]);
+      return outcome === "served" ? s : undefined;
+    }, 10_000, "a slot given back");
+    const metrics = await (await fetch(metricsUrl(gw, "/metrics"))).text();
+    expect(metrics).toMatch(/resonance_ws_limited_total\{limit="connections-per-user"\} [1-9]/);
+    expect(metrics).toMatch(/resonance_ws_limited_total\{limit="connections-per-address"\} [1-9]/);
+    for (const s of [...mine.slice(1), bobs, replacement]) s.close();
     gw.kill("SIGTERM");
     await gw.exited;
   });

@@ -280,12 +280,12 @@ describeWith(services, "shutdown (cluster)", () => {
   });
 
   it("shutdown - a chat in flight at logic gets its ack when logic is stopped", async () => {
-    const slowLogic = await cluster.startProcess("logic", { RESONANCE_FAULTS: "logic.SendMessage=1000" });
+    const slowLogic = await cluster.startProcess("logic", { RESONANCE_FAULTS: "logic.SendMessages=1000" });
     const gw = await cluster.startProcess("gateway", { RESONANCE_LOGIC_ADDRESSES: `127.0.0.1:${slowLogic.env.RESONANCE_LOGIC_PORT}` });
     const s = new RawSocket(baseUrl(gw), alice);
     await s.opened;
     s.send({ seq: "slow-1", payload: { case: "chat", value: { sessionId: "0", content: "in flight" } } });
-    await slowLogic.waitForLog((l) => l.fault === "logic.SendMessage");
+    await slowLogic.waitForLog((l) => l.fault === "logic.SendMessages");
     slowLogic.kill("SIGTERM");
     const ack = await s.ackFor("slow-1");
     expect(ack.error).toBe("");
@@ -546,7 +546,7 @@ describeWith(services, "shutdown (cluster, queue)", () => {
     // The only logic relays everything: its count is every message's outbox row.
     const logic = cluster.logics[0]!;
     const ids = await chat(4, "flushed");
-    await eventually(async () => (await cluster.sql<{ n: string }>("select count(*) as n from outbox"))[0]!.n === "0", 10_000, "the outbox to drain");
+    await eventually(async () => (await cluster.sql<{ n: string }>("select count(*) as n from outbox where published_at is null"))[0]!.n === "0", 10_000, "the outbox to drain");
     const published = Number((await cluster.sql<{ n: string }>("select count(*) as n from messages"))[0]!.n);
     expect(published).toBeGreaterThanOrEqual(ids.length);
     logic.kill("SIGTERM");
@@ -567,10 +567,10 @@ describeWith(services, "shutdown (cluster, queue)", () => {
     const [stuck, exit2] = await Promise.all([successor.report(), successor.exited]);
     expect(exit2.code).toBe(0);
     expect({ flushed: stuck.counts.outboxFlushed, pending: stuck.counts.outboxPending }).toEqual({ flushed: 0, pending: 3 });
-    expect((await cluster.sql<{ n: string }>("select count(*) as n from outbox"))[0]!.n).toBe("3");
+    expect((await cluster.sql<{ n: string }>("select count(*) as n from outbox where published_at is null"))[0]!.n).toBe("3");
     // The next logic recreates the stream at start and publishes them.
     await cluster.startProcess("logic");
-    await eventually(async () => (await cluster.sql<{ n: string }>("select count(*) as n from outbox"))[0]!.n === "0", 15_000, "the next relay to publish the rows left");
+    await eventually(async () => (await cluster.sql<{ n: string }>("select count(*) as n from outbox where published_at is null"))[0]!.n === "0", 15_000, "the next relay to publish the rows left");
   });
 });
 

@@ -16,6 +16,11 @@ import { Outbox } from "./outbox.js";
 import { randomId, sleep, type ClientPlatform } from "./platform.js";
 import type { ClientStats, MessageSource, ResonanceClientOptions, SendInput } from "./types.js";
 
+/** Sessions listed in one SyncSessions call (the server's cap); older ones start from the read position. */
+const MAX_KNOWN_SESSIONS = 1_000;
+/** Messages per GetHistoryMessages page while catching up a large session (the server's cap). */
+const HISTORY_PAGE = 100n;
+
 type Listener<A extends unknown[]> = (...args: A) => void;
 
 /**
@@ -35,7 +40,7 @@ export class ClientCore {
   readonly #outbox: Outbox;
   readonly #abort = new AbortController();
   readonly #stats: ClientStats = {
-    acked: 0, pushesReceived: 0, deltaReceived: 0, duplicatesDropped: 0, reconnects: 0, closeCodes: {},
+    acked: 0, pushesReceived: 0, deltaReceived: 0, historyReceived: 0, duplicatesDropped: 0, reconnects: 0, closeCodes: {},
     cleanCloses: 0, uncleanCloses: 0, nonRetryableErrors: 0, reconnectDelaysMs: [], goaways: 0,
   };
   readonly #listeners = {
@@ -71,6 +76,10 @@ export class ClientCore {
   #cursor = 0n;
   #pullChain: Promise<void> = Promise.resolve();
   #pushesSincePull = 0;
+  /** Per session, the highest seq delivered (or skipped): where a large session's catch-up starts. */
+  readonly #known = new Map<string, bigint>();
+  /** Pushes that arrived while catching up after a (re)connect; delivered, in seq order per session, once caught up. */
+  #held: PushMessage[] | undefined;
 
   /** Does no I/O; see `start()`. Needs `password` or `token`. */
   constructor(opts: ResonanceClientOptions, platform: ClientPlatform) {
@@ -314,6 +323,7 @@ export class ClientCore {
       fresh = true;
     }
     let socket: GatewaySocket;
+    this.#held = [];
     try {
       socket = await this.#openSocket(api);
     } catch (err) {
@@ -324,8 +334,11 @@ export class ClientCore {
       socket = await this.#openSocket(api);
     }
     try {
-      await this.#pull(this.#everReady || this.#opts.backlog !== "skip");
+      const emit = this.#everReady || this.#opts.backlog !== "skip";
+      await this.#pull(emit);
+      await this.#catchUpLarge(emit);
     } catch (err) {
+      this.#held = undefined; // Caught up again on the next attempt: they are fetched again.
       void socket.close(1000, "catch-up failed");
       const e = ResonanceError.from(err);
       if (e.code !== "unauthenticated") throw e;
@@ -333,8 +346,12 @@ export class ClientCore {
       this.#token = undefined; // Expired between upgrade and pull: log in on the next attempt.
       throw new ResonanceError("unavailable", "token refused while catching up", { cause: e });
     }
-    if (this.#socket !== socket || !socket.isOpen) throw new ResonanceError("unavailable", "connection lost while catching up");
+    if (this.#socket !== socket || !socket.isOpen) {
+      this.#held = undefined;
+      throw new ResonanceError("unavailable", "connection lost while catching up");
+    }
     if (this.#closed) throw closedError();
+    this.#releaseHeld();
     this.#ready = true;
     this.#readyAt = Date.now();
     this.#attempt = 0;
@@ -433,6 +450,10 @@ export class ClientCore {
     switch (packet.payload.case) {
       case "push":
         this.#stats.pushesReceived++;
+        if (this.#held && gen === this.#gen) {
+          this.#held.push(packet.payload.value);
+          return;
+        }
         this.#deliver(packet.payload.value, "push", true);
         if (this.#ready && this.#opts.refreshCursorEvery !== 0 && ++this.#pushesSincePull >= (this.#opts.refreshCursorEvery ?? 1000)) {
           this.#pushesSincePull = 0;
@@ -514,7 +535,65 @@ export class ClientCore {
     return p;
   }
 
+  /**
+   * Catches up the large sessions (no inbox rows) that moved past what this client has: asks
+   * which (SyncSessions), then pages through each one's messages by seq. With `emit` false
+   * (`backlog: "skip"` on the first start) it only notes where they are. A server without
+   * SyncSessions has no large sessions to catch up.
+   */
+  async #catchUpLarge(emit: boolean): Promise<void> {
+    const api = this.api;
+    const known = [...this.#known].slice(-MAX_KNOWN_SESSIONS).map(([sessionId, seqId]) => ({ sessionId, seqId }));
+    let moved;
+    try {
+      moved = (await api.session.syncSessions({ known })).moved;
+    } catch (err) {
+      if (ResonanceError.from(err).code === "unimplemented") return;
+      throw err;
+    }
+    for (const m of moved) {
+      let after = m.afterSeq;
+      const had = this.#known.get(m.sessionId);
+      if (had !== undefined && had > after) after = had;
+      if (!emit) {
+        this.#note(m.sessionId, m.maxSeqId);
+        continue;
+      }
+      while (after < m.maxSeqId) {
+        const page = await api.session.getHistoryMessages({ sessionId: m.sessionId, afterSeq: after, limit: HISTORY_PAGE });
+        for (const message of page.messages) {
+          this.#stats.historyReceived++;
+          this.#deliver(message, "history", true);
+        }
+        const last = page.messages.at(-1);
+        if (!last || last.seqId <= after) break;
+        after = last.seqId;
+      }
+    }
+  }
+
+  /** Delivers the pushes held while catching up: per session in seq order, sessions in order of first arrival. */
+  #releaseHeld(): void {
+    const held = this.#held ?? [];
+    this.#held = undefined;
+    const bySession = new Map<string, PushMessage[]>();
+    for (const m of held) {
+      const list = bySession.get(m.sessionId);
+      if (list) list.push(m);
+      else bySession.set(m.sessionId, [m]);
+    }
+    for (const list of bySession.values()) {
+      list.sort((a, b) => (a.seqId < b.seqId ? -1 : a.seqId > b.seqId ? 1 : 0));
+      for (const m of list) this.#deliver(m, "push", true);
+    }
+  }
+
+  #note(sessionId: string, seqId: bigint): void {
+    if (seqId > (this.#known.get(sessionId) ?? 0n)) this.#known.set(sessionId, seqId);
+  }
+
   #deliver(message: PushMessage, source: MessageSource, emit: boolean): void {
+    this.#note(message.sessionId, message.seqId);
     this.#emit(this.#listeners.raw, message, source);
     if (!this.#seen.add(message)) {
       this.#stats.duplicatesDropped++;

@@ -52,13 +52,16 @@ export interface SendInput {
   readonly toUsername?: string;
 }
 
-export type MessageSource = "push" | "delta";
+/** `history`: caught up by seq from a large session (no inbox rows; see SyncSessions). */
+export type MessageSource = "push" | "delta" | "history";
 
 export interface ClientStats {
   acked: number;
   pushesReceived: number;
   /** Inbox events received by PullInboxDelta (duplicates included). */
   deltaReceived: number;
+  /** Messages of large sessions fetched by seq while catching up (duplicates included). */
+  historyReceived: number;
   /** Messages not emitted because already seen (push/delta overlap, redeliveries). */
   duplicatesDropped: number;
   /** Successful reconnects (connected and caught up again after a close). */

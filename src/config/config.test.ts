@@ -17,6 +17,7 @@ describe("config", () => {
     expect(c.listen).toMatchObject({ httpPort: 8080, pushPort: 15091, logicPort: 15090, host: "127.0.0.1" });
     expect(c.shutdown).toEqual({ timeoutMs: 30_000, drainDelayMs: 0, wsDrainWindowMs: 5_000 });
     expect(c.limits.maxFrameBytes).toBe(64 * 1024);
+    expect(c.limits).toMatchObject({ wsSendBufferBytes: 1024 * 1024, wsPerUser: 16, wsPerAddress: 512 });
     expect(c.dataDir).toBe("./data");
     expect(Object.isFrozen(c)).toBe(true);
   });
@@ -41,6 +42,9 @@ describe("config", () => {
     expect(() => parseConfig({ RESONANCE_WS_PING_INTERVAL: "0" })).toThrow(/RESONANCE_WS_PING_INTERVAL/);
     expect(() => parseConfig({ RESONANCE_ROUTE_TTL: "0" })).toThrow(/RESONANCE_ROUTE_TTL/);
     expect(() => parseConfig({ RESONANCE_TASK_CONCURRENCY: "0" })).toThrow(/RESONANCE_TASK_CONCURRENCY/);
+    expect(() => parseConfig({ RESONANCE_WS_PER_USER: "0" })).toThrow(/RESONANCE_WS_PER_USER/);
+    // A send buffer smaller than the write window would close every busy reader.
+    expect(() => parseConfig({ RESONANCE_WS_SEND_BUFFER: "4096" })).toThrow(/RESONANCE_WS_SEND_BUFFER/);
   });
 
   it("config - role checks: logic needs a shared token secret with PostgreSQL; a wildcard host needs an internal secret and, with etcd, an advertised host", () => {

@@ -21,6 +21,8 @@ const positiveInt = number.pipe(z.number().int().positive());
 /** A duration of at least `min` ms. */
 const atLeast = (min: number) => duration.pipe(z.number().min(min, `must be at least ${min} ms`));
 const bytes = number.pipe(z.number().int().min(1024).max(16 * 1024 * 1024));
+/** A per-connection send buffer: room for the largest frame at least, at most 64 MiB. */
+const sendBuffer = number.pipe(z.number().int().min(64 * 1024, "must be at least 65536 (64 KiB)").max(64 * 1024 * 1024));
 const optionalUrl = z
   .string()
   .trim()
@@ -61,11 +63,15 @@ const schema = z.object({
   RESONANCE_LOG_FORMAT: z.enum(["auto", "json", "pretty"]).default("auto"),
   RESONANCE_MAX_FRAME_BYTES: bytes.default(64 * 1024),
   RESONANCE_MAX_CONTENT_CHARS: positiveInt.default(8000),
-  RESONANCE_WS_SEND_QUEUE: positiveInt.default(1024),
+  RESONANCE_WS_SEND_BUFFER: sendBuffer.default(1024 * 1024),
+  RESONANCE_WS_PER_USER: positiveInt.default(16),
+  RESONANCE_WS_PER_ADDRESS: positiveInt.default(512),
   RESONANCE_WS_IDLE_TIMEOUT: atLeast(1000).default(60_000),
   RESONANCE_WS_PING_INTERVAL: atLeast(100).default(25_000),
   RESONANCE_CHAT_RATE: positiveInt.default(50),
   RESONANCE_CHAT_BURST: positiveInt.default(200),
+  RESONANCE_WS_CHAT_WINDOW: positiveInt.default(64),
+  RESONANCE_CHAT_QUEUE: positiveInt.default(4096),
   RESONANCE_AUTH_RATE: positiveInt.default(10),
   RESONANCE_AUTH_BURST: positiveInt.default(50),
   RESONANCE_PRESENCE_BATCH: positiveInt.default(500),
@@ -73,8 +79,11 @@ const schema = z.object({
   RESONANCE_ROUTE_TTL: atLeast(1000).default(120_000),
   RESONANCE_RELAY_BATCH: positiveInt.default(256),
   RESONANCE_RELAY_INTERVAL: atLeast(10).default(200),
+  RESONANCE_NATS_SYNC_INTERVAL: duration.default(120_000),
+  RESONANCE_PG_POOL: positiveInt.pipe(z.number().max(100, "at most 100")).default(4),
   RESONANCE_TASK_CONCURRENCY: positiveInt.default(256),
   RESONANCE_ACK_WAIT: atLeast(1000).default(30_000),
+  RESONANCE_INBOX_FANOUT_LIMIT: positiveInt.default(200),
   RESONANCE_FAULTS: z.string().default(""),
   RESONANCE_NAMESPACE: z
     .string()
@@ -121,18 +130,35 @@ export interface Config {
   readonly limits: {
     readonly maxFrameBytes: number;
     readonly maxContentChars: number;
-    readonly wsSendQueue: number;
+    /** Bytes a connection may have waiting to be written before it is closed as a slow consumer (1013). */
+    readonly wsSendBufferBytes: number;
+    /** Most WebSocket connections of one user on one gateway, and from one client address. */
+    readonly wsPerUser: number;
+    readonly wsPerAddress: number;
     readonly wsIdleTimeoutMs: number;
     readonly wsPingIntervalMs: number;
     readonly chatRatePerSec: number;
     readonly chatBurst: number;
+    /** Most chats of one connection waiting for their ack (beyond: `resource_exhausted` at once). */
+    readonly wsChatWindow: number;
+    /** Most chats a gateway holds waiting for a call to logic (beyond: `resource_exhausted` at once). */
+    readonly chatQueue: number;
     /** Login/Register attempts per second per client address, and burst. */
     readonly authRatePerSec: number;
     readonly authBurst: number;
   };
   readonly presence: { readonly batchSize: number; readonly intervalMs: number; readonly routeTtlMs: number };
   readonly relay: { readonly batchSize: number; readonly intervalMs: number };
+  /** The NATS server's `jetstream.sync_interval` (0: it syncs every write, or the stream is replicated). */
+  readonly natsSyncIntervalMs: number;
+  /** PostgreSQL connections per process. */
+  readonly pgPoolSize: number;
   readonly task: { readonly concurrency: number; readonly ackWaitMs: number };
+  /**
+   * Sessions with more members are "large": their messages get no inbox rows (fan-out on read);
+   * logic decides it per message when it builds the queue event.
+   */
+  readonly inboxFanoutLimit: number;
   /** Fault injection for tests: "name=ms" or "name=hang", comma-separated. Empty by default. */
   readonly faults: ReadonlyMap<string, number | "hang">;
   /**
@@ -262,11 +288,15 @@ export function parseConfig(env: RawEnv): Config {
     limits: Object.freeze({
       maxFrameBytes: e.RESONANCE_MAX_FRAME_BYTES,
       maxContentChars: e.RESONANCE_MAX_CONTENT_CHARS,
-      wsSendQueue: e.RESONANCE_WS_SEND_QUEUE,
+      wsSendBufferBytes: e.RESONANCE_WS_SEND_BUFFER,
+      wsPerUser: e.RESONANCE_WS_PER_USER,
+      wsPerAddress: e.RESONANCE_WS_PER_ADDRESS,
       wsIdleTimeoutMs: e.RESONANCE_WS_IDLE_TIMEOUT,
       wsPingIntervalMs: e.RESONANCE_WS_PING_INTERVAL,
       chatRatePerSec: e.RESONANCE_CHAT_RATE,
       chatBurst: e.RESONANCE_CHAT_BURST,
+      wsChatWindow: e.RESONANCE_WS_CHAT_WINDOW,
+      chatQueue: e.RESONANCE_CHAT_QUEUE,
       authRatePerSec: e.RESONANCE_AUTH_RATE,
       authBurst: e.RESONANCE_AUTH_BURST,
     }),
@@ -276,7 +306,10 @@ export function parseConfig(env: RawEnv): Config {
       routeTtlMs: e.RESONANCE_ROUTE_TTL,
     }),
     relay: Object.freeze({ batchSize: e.RESONANCE_RELAY_BATCH, intervalMs: e.RESONANCE_RELAY_INTERVAL }),
+    natsSyncIntervalMs: e.RESONANCE_NATS_SYNC_INTERVAL,
+    pgPoolSize: e.RESONANCE_PG_POOL,
     task: Object.freeze({ concurrency: e.RESONANCE_TASK_CONCURRENCY, ackWaitMs: e.RESONANCE_ACK_WAIT }),
+    inboxFanoutLimit: e.RESONANCE_INBOX_FANOUT_LIMIT,
     faults: parseFaults(e.RESONANCE_FAULTS),
     namespace: e.RESONANCE_NAMESPACE,
   });

@@ -1,13 +1,12 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { ConnectError } from "@connectrpc/connect";
 import type { WebSocket } from "ws";
 import { AckSchema, GoawaySchema, WsPacketSchema, type PushMessage, type WsPacket } from "../gen/resonance/gateway/v1/gateway_pb.js";
-import { ChatService } from "../gen/resonance/logic/v1/logic_pb.js";
+import { SendMessageRequestSchema } from "../gen/resonance/logic/v1/logic_pb.js";
 import type { Logger } from "../observability/log.js";
-import { codeName } from "../rpc/code-names.js";
 import { closeCodeLabel, type Metrics } from "../observability/metrics.js";
-import type { LogicClient } from "./logic-client.js";
+import type { ChatDispatcher } from "./chat-dispatcher.js";
 import type { PresenceReporter } from "./presence.js";
+import { ChatRate } from "./user-limits.js";
 
 export const CLOSE = {
   goingAway: 1001,
@@ -19,14 +18,29 @@ export const CLOSE = {
 } as const;
 
 export interface HubOptions {
-  readonly sendQueue: number;
+  /** Most bytes a connection may have waiting to be written (our queue plus what is on its way to the socket). */
+  readonly sendBufferBytes: number;
   readonly idleTimeoutMs: number;
   readonly pingIntervalMs: number;
   readonly chatRatePerSec: number;
   readonly chatBurst: number;
+  /** Most chats of one connection waiting for their ack; beyond it a chat is answered `resource_exhausted` at once. */
+  readonly chatWindow: number;
 }
 
 const PULSE = toBinary(WsPacketSchema, create(WsPacketSchema, { payload: { case: "pulse", value: {} } }));
+
+/**
+ * Bytes handed to a socket and not yet written out. Beyond it frames wait in the connection's own
+ * queue, where they are counted against the send buffer: so a slow reader is found by its queue,
+ * not after megabytes piled up inside the socket.
+ */
+const WRITE_WINDOW = 64 * 1024;
+/** How long a closed connection has to answer the close frame before it is cut off. */
+const CLOSE_WAIT_MS = 5_000;
+const SLOW_CLOSE_WAIT_MS = 30_000;
+/** Longest a rate-limit close waits for the acks of the chats already accepted. */
+const ACKS_BEFORE_CLOSE_MS = 15_000;
 
 /** One client's WebSocket. */
 class Connection {
@@ -34,17 +48,29 @@ class Connection {
   readonly token: string;
   readonly ws: WebSocket;
   lastSeen = Date.now();
-  queued = 0;
-  tokens: number;
-  refilled = Date.now();
+  /** Frames waiting for the write window, and their bytes. */
+  readonly out: Uint8Array[] = [];
+  outBytes = 0;
+  /** Bytes handed to the socket whose write has not completed. */
+  writing = 0;
+  /** Chats accepted (by client seq) whose ack has not been sent yet. */
+  readonly unacked = new Map<string, number>();
+  /** Chats of this connection with logic (through the dispatcher), not answered yet: the window. */
+  chatsPending = 0;
   expiryTimer: NodeJS.Timeout | undefined;
+  /** The server decided to close: frames from the client are dropped without work. */
+  stopped = false;
+  /** A close that waits for the acks of the chats accepted before it. */
+  pendingClose: { code: number; reason: string; timer: NodeJS.Timeout } | undefined;
+  /** The close frame is sent: nothing more goes out. */
   closing = false;
+  /** The TCP socket is corked until the end of this tick (see `#write`). */
+  corked = false;
 
-  constructor(username: string, token: string, ws: WebSocket, burst: number) {
+  constructor(username: string, token: string, ws: WebSocket) {
     this.username = username;
     this.token = token;
     this.ws = ws;
-    this.tokens = burst;
   }
 }
 
@@ -54,24 +80,26 @@ class Connection {
  */
 export class ConnectionHub {
   readonly #opts: HubOptions;
-  readonly #logic: LogicClient;
+  readonly #chats: ChatDispatcher;
   readonly #presence: PresenceReporter;
   readonly #metrics: Metrics;
   readonly #log: Logger;
   readonly #byUser = new Map<string, Set<Connection>>();
   readonly #all = new Set<Connection>();
+  readonly #chatRate: ChatRate;
   #heartbeat: NodeJS.Timeout | undefined;
   #acceptChats = true;
   #chatsInFlight = 0;
   #chatsIdle: (() => void) | undefined;
   readonly counts = { slowConsumers: 0, chatsRefused: 0 };
 
-  constructor(opts: HubOptions, logic: LogicClient, presence: PresenceReporter, metrics: Metrics, log: Logger) {
+  constructor(opts: HubOptions, chats: ChatDispatcher, presence: PresenceReporter, metrics: Metrics, log: Logger) {
     this.#opts = opts;
-    this.#logic = logic;
+    this.#chats = chats;
     this.#presence = presence;
     this.#metrics = metrics;
     this.#log = log;
+    this.#chatRate = new ChatRate({ perSec: opts.chatRatePerSec, burst: opts.chatBurst });
   }
 
   get size(): number {
@@ -100,14 +128,17 @@ export class ConnectionHub {
   }
 
   start(): void {
-    this.#heartbeat = setInterval(() => this.#checkIdle(), Math.min(this.#opts.pingIntervalMs / 2, this.#opts.idleTimeoutMs / 4));
+    this.#heartbeat = setInterval(() => {
+      this.#checkIdle();
+      this.#chatRate.sweep();
+    }, Math.min(this.#opts.pingIntervalMs / 2, this.#opts.idleTimeoutMs / 4));
     this.#heartbeat.unref();
   }
 
   /** Takes a freshly upgraded, authenticated socket. The user is a push target at once. */
   add(ws: WebSocket, principal: { username: string; token: string; expiresAt: number }, remoteIp: string): void {
     const { username, token, expiresAt: tokenExpiresAt } = principal;
-    const conn = new Connection(username, token, ws, this.#opts.chatBurst);
+    const conn = new Connection(username, token, ws);
     this.#all.add(conn);
     let set = this.#byUser.get(username);
     if (!set) {
@@ -135,6 +166,9 @@ export class ConnectionHub {
 
   #onClose(conn: Connection, code: number): void {
     clearTimeout(conn.expiryTimer);
+    clearTimeout(conn.pendingClose?.timer);
+    conn.out.length = 0;
+    conn.outBytes = 0;
     if (!this.#all.delete(conn)) return;
     this.#metrics.wsConnections.dec();
     this.#metrics.wsClosed.inc({ code: closeCodeLabel(code), reason: conn.closing ? "server" : "client" });
@@ -148,6 +182,7 @@ export class ConnectionHub {
 
   #onMessage(conn: Connection, data: Buffer, isBinary: boolean): void {
     conn.lastSeen = Date.now();
+    if (conn.stopped) return; // Closing: whatever the client still sends is not worth any work.
     if (!isBinary) {
       this.#metrics.badInput.inc({ kind: "text-frame" });
       return this.#close(conn, CLOSE.unsupported, "binary WsPacket frames only");
@@ -172,15 +207,17 @@ export class ConnectionHub {
     }
   }
 
-  #takeToken(conn: Connection): boolean {
-    const now = Date.now();
-    conn.tokens = Math.min(this.#opts.chatBurst, conn.tokens + ((now - conn.refilled) / 1000) * this.#opts.chatRatePerSec);
-    conn.refilled = now;
-    if (conn.tokens < 1) return false;
-    conn.tokens--;
-    return true;
+  /**
+   * Takes a token from the user's chat bucket (shared by all of their connections here). An
+   * accepted chat is remembered until its ack is sent, so a later rate-limit close waits for it.
+   */
+  #admit(conn: Connection, seq: string): "ok" | "limited" | "exceeded" {
+    const verdict = this.#chatRate.take(conn.username);
+    if (verdict === "ok") conn.unacked.set(seq, (conn.unacked.get(seq) ?? 0) + 1);
+    return verdict;
   }
 
+  /** Handles one chat: checks, then logic through the dispatcher, then the ack. Never rejects. */
   async #chat(conn: Connection, packet: WsPacket): Promise<void> {
     if (packet.payload.case !== "chat") return;
     const chat = packet.payload.value;
@@ -193,17 +230,23 @@ export class ConnectionHub {
       this.counts.chatsRefused++;
       return this.#ack(conn, seq, { error: "server is shutting down; resend after reconnecting", errorCode: "unavailable", sessionId: chat.sessionId });
     }
-    if (!this.#takeToken(conn)) {
-      if (conn.tokens < -this.#opts.chatBurst) return this.#close(conn, CLOSE.rateLimited, "rate limited");
-      conn.tokens -= 1; // Persistent flooding ends in a 4429 close.
+    // The window first: a chat refused for it spends no rate token.
+    if (conn.chatsPending >= this.#opts.chatWindow) {
+      this.#metrics.chatsShed.inc({ reason: "window" });
+      return this.#ack(conn, seq, { error: `more than ${this.#opts.chatWindow} messages unacknowledged; wait for their acks`, errorCode: "resource_exhausted", sessionId: chat.sessionId });
+    }
+    const admitted = this.#admit(conn, seq);
+    if (admitted !== "ok") {
+      if (admitted === "exceeded") return this.#closeAfterAcks(conn, CLOSE.rateLimited, "rate limited");
       return this.#ack(conn, seq, { error: "too many messages; slow down", errorCode: "resource_exhausted", sessionId: chat.sessionId });
     }
     this.#metrics.messagesIn.inc();
     const started = performance.now();
+    conn.chatsPending++;
     this.#chatsInFlight++;
     try {
-      const r = await this.#logic.call(ChatService, (c) =>
-        c.sendMessage({
+      const r = await this.#chats.submit(
+        create(SendMessageRequestSchema, {
           sessionId: chat.sessionId,
           fromUsername: conn.username,
           toUsername: chat.toUsername,
@@ -213,12 +256,13 @@ export class ConnectionHub {
           clientMsgId: seq,
         }),
       );
-      this.#ack(conn, seq, { msgId: r.msgId, seqId: r.seqId, sessionId: chat.sessionId });
-      this.#metrics.ackLatency.observe((performance.now() - started) / 1000);
-    } catch (err) {
-      const ce = ConnectError.from(err);
-      this.#ack(conn, seq, { error: ce.rawMessage, errorCode: codeName(ce.code), sessionId: chat.sessionId });
+      if ("errorCode" in r) this.#ack(conn, seq, { error: r.error, errorCode: r.errorCode, sessionId: chat.sessionId });
+      else {
+        this.#ack(conn, seq, { msgId: r.msgId, seqId: r.seqId, sessionId: chat.sessionId });
+        this.#metrics.ackLatency.observe((performance.now() - started) / 1000);
+      }
     } finally {
+      conn.chatsPending--;
       if (--this.#chatsInFlight === 0) this.#chatsIdle?.();
     }
   }
@@ -226,20 +270,72 @@ export class ConnectionHub {
   #ack(conn: Connection, refSeq: string, ack: { msgId?: bigint; seqId?: bigint; sessionId?: string; error?: string; errorCode?: string }): void {
     const packet = create(WsPacketSchema, { seq: refSeq, payload: { case: "ack", value: create(AckSchema, { refSeq, ...ack }) } });
     this.#send(conn, toBinary(WsPacketSchema, packet));
+    const n = conn.unacked.get(refSeq);
+    if (n !== undefined) {
+      if (n > 1) conn.unacked.set(refSeq, n - 1);
+      else conn.unacked.delete(refSeq);
+      if (conn.pendingClose) this.#finishPendingClose(conn);
+    }
   }
 
-  /** Queues a frame; a connection whose queue is full is closed (1013) and counted, never silently skipped. */
+  /**
+   * Queues a frame. It goes to the socket at once while less than {@link WRITE_WINDOW} is on its
+   * way there, else it waits in the connection's queue. A connection whose bytes waiting would pass
+   * the send buffer is a slow consumer: its queue is dropped and it is closed (1013) and counted,
+   * never silently skipped.
+   */
   #send(conn: Connection, frame: Uint8Array): boolean {
     if (conn.closing || conn.ws.readyState !== conn.ws.OPEN) return false;
-    if (conn.queued >= this.#opts.sendQueue) {
+    if (conn.writing + conn.outBytes + frame.byteLength > this.#opts.sendBufferBytes) {
       this.counts.slowConsumers++;
-      this.#log.warn({ user: conn.username, queued: conn.queued }, "slow consumer disconnected");
+      this.#metrics.wsLimited.inc({ limit: "send-buffer" });
+      this.#log.warn({ user: conn.username, bytes: conn.writing + conn.outBytes }, "slow consumer disconnected");
       this.#close(conn, CLOSE.tryAgainLater, "slow consumer");
       return false;
     }
-    conn.queued++;
-    conn.ws.send(frame, { binary: true }, () => conn.queued--);
+    if (conn.out.length === 0 && conn.writing < WRITE_WINDOW) this.#write(conn, frame);
+    else {
+      conn.out.push(frame);
+      conn.outBytes += frame.byteLength;
+    }
     return true;
+  }
+
+  #write(conn: Connection, frame: Uint8Array): void {
+    conn.writing += frame.byteLength;
+    // Frames written in one tick (the acks of a batch, pushes) leave in one writev, not one each.
+    // ws exposes no cork of its own; its socket is `_socket` (ws corks around each frame too).
+    const socket = (conn.ws as unknown as { _socket?: { cork(): void; uncork(): void } })._socket;
+    if (socket && !conn.corked) {
+      conn.corked = true;
+      socket.cork();
+      process.nextTick(() => {
+        conn.corked = false;
+        socket.uncork();
+      });
+    }
+    conn.ws.send(frame, { binary: true }, () => {
+      conn.writing -= frame.byteLength;
+      this.#pump(conn);
+    });
+  }
+
+  /** Moves queued frames to the socket while the write window has room. */
+  #pump(conn: Connection): void {
+    if (conn.closing || conn.ws.readyState !== conn.ws.OPEN) return;
+    while (conn.out.length > 0 && conn.writing < WRITE_WINDOW) {
+      const frame = conn.out.shift()!;
+      conn.outBytes -= frame.byteLength;
+      this.#write(conn, frame);
+    }
+    if (conn.pendingClose) this.#finishPendingClose(conn);
+  }
+
+  /** Hands every queued frame to the socket, window or not (before a close that should follow them). */
+  #flush(conn: Connection): void {
+    if (conn.ws.readyState !== conn.ws.OPEN) return;
+    for (const frame of conn.out.splice(0)) this.#write(conn, frame);
+    conn.outBytes = 0;
   }
 
   /** Delivers a message to every local connection of the given users; resolves the users with none here. */
@@ -268,12 +364,45 @@ export class ConnectionHub {
     }
   }
 
+  /**
+   * Stops reading the connection at once and closes it once the chats it already had accepted are
+   * acked and those acks are handed to the socket (at most {@link ACKS_BEFORE_CLOSE_MS} later).
+   */
+  #closeAfterAcks(conn: Connection, code: number, reason: string): void {
+    if (conn.stopped) return;
+    conn.stopped = true;
+    if (code === CLOSE.rateLimited) this.#metrics.wsLimited.inc({ limit: "chat-rate" });
+    const timer = setTimeout(() => {
+      this.#flush(conn);
+      this.#close(conn, code, reason);
+    }, ACKS_BEFORE_CLOSE_MS);
+    timer.unref();
+    conn.pendingClose = { code, reason, timer };
+    this.#finishPendingClose(conn);
+  }
+
+  #finishPendingClose(conn: Connection): void {
+    const p = conn.pendingClose;
+    if (!p || conn.unacked.size > 0 || conn.out.length > 0) return;
+    clearTimeout(p.timer);
+    conn.pendingClose = undefined;
+    this.#close(conn, p.code, p.reason);
+  }
+
+  /** Closes now; frames still in the connection's queue are dropped (the close frame goes right after what the socket has). */
   #close(conn: Connection, code: number, reason: string): void {
     if (conn.closing) return;
+    conn.stopped = true;
     conn.closing = true;
+    clearTimeout(conn.pendingClose?.timer);
+    conn.pendingClose = undefined;
+    conn.out.length = 0;
+    conn.outBytes = 0;
     conn.ws.close(code, reason);
-    // A peer that never answers the close frame is cut off.
-    setTimeout(() => conn.ws.terminate(), 5_000).unref();
+    // A peer that never answers the close frame is cut off. A slow reader gets longer: the close
+    // frame waits behind what its socket already holds (our own queue is dropped, so this costs
+    // only the kernel's buffers), and a reader that catches up should see 1013, not a reset.
+    setTimeout(() => conn.ws.terminate(), code === CLOSE.tryAgainLater ? SLOW_CLOSE_WAIT_MS : CLOSE_WAIT_MS).unref();
   }
 
   /** From now on chats are answered with `unavailable`; resolves when the chats in flight have their ack. */
@@ -301,7 +430,12 @@ export class ConnectionHub {
       const goaway = create(WsPacketSchema, {
         payload: { case: "goaway", value: create(GoawaySchema, { reconnectAfterMs: BigInt(Math.floor(Math.random() * hintMax)), reason: "server shutdown" }) },
       });
+      // Acks and pushes still queued go first; the close follows them.
+      this.#flush(conn);
+      clearTimeout(conn.pendingClose?.timer);
+      conn.pendingClose = undefined;
       if (conn.ws.readyState === conn.ws.OPEN) conn.ws.send(toBinary(WsPacketSchema, goaway));
+      conn.stopped = true;
       conn.closing = true;
       conn.ws.close(CLOSE.goingAway, "server shutdown");
     }

@@ -9,6 +9,7 @@ import type { ListenerState } from "../rpc/server.js";
 import { tokenOf, type Principal, type TokenValidator } from "./auth-cache.js";
 import { connectHandler } from "./connect-handler.js";
 import { StaticSite, WEB_BUILD_DIR } from "./static.js";
+import type { ConnectionSlots, SlotRefusal } from "./user-limits.js";
 
 const CORS = {
   "access-control-allow-origin": "*",
@@ -32,12 +33,20 @@ export interface PublicServerOptions {
   readonly upgradeRefused: (principal: Principal) => void;
   /** Login/Register attempts per second per client address, and burst. */
   readonly authRate: { readonly perSec: number; readonly burst: number };
+  /** WebSocket connections per user and per client address (upgrades under way included). */
+  readonly slots: ConnectionSlots;
   readonly log: Logger;
   readonly metrics: Metrics;
 }
 
 const AUTH_PATHS = new Set(["/resonance.gateway.v1.AuthService/Login", "/resonance.gateway.v1.AuthService/Register"]);
 const MAX_TRACKED_ADDRESSES = 10_000;
+
+/** The close a WebSocket over a connection limit gets right after its handshake (clients back off on 4429). */
+const SLOT_REFUSALS: Record<SlotRefusal, string> = {
+  "connections-per-user": "too many connections for this user",
+  "connections-per-address": "too many connections from this address",
+};
 
 function refuseUpgrade(socket: Duplex, status: number, text: string): void {
   socket.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: ${text.length + 1}\r\n\r\n${text}\n`);
@@ -140,28 +149,61 @@ export class PublicServer {
     const url = req.url ?? "/";
     if (url.split("?")[0] !== "/ws") return refuseUpgrade(socket, 404, "Not Found");
     if (this.#state !== "running") return refuseUpgrade(socket, 503, "Service Unavailable");
+    const ip = req.socket.remoteAddress ?? "";
+    // Connection slots are held from here until the socket closes, whatever happens to the upgrade.
+    const held: Array<() => void> = [];
+    const release = () => {
+      for (const r of held.splice(0)) r();
+    };
+    socket.once("close", release);
+    const refuse = (status: number, text: string) => {
+      release();
+      refuseUpgrade(socket, status, text);
+    };
+    // The address is checked before any work (token check included).
+    const addressSlot = this.#opts.slots.address(ip);
+    if (!addressSlot) return this.#refuseSlot(req, socket, head, "connections-per-address");
+    held.push(addressSlot);
     let principal: Principal | undefined;
     try {
       principal = await this.#opts.tokens.validate(tokenOf({ get: (n) => (req.headers[n] as string | undefined) ?? null }, url));
     } catch {
-      return refuseUpgrade(socket, 503, "Service Unavailable");
+      return refuse(503, "Service Unavailable");
     }
     if (!principal) {
       this.#opts.metrics.badInput.inc({ kind: "bad-token" });
-      return refuseUpgrade(socket, 401, "Unauthorized");
+      return refuse(401, "Unauthorized");
     }
-    const ip = req.socket.remoteAddress ?? "";
+    const userSlot = this.#opts.slots.user(principal.username);
+    if (!userSlot) {
+      release();
+      return this.#refuseSlot(req, socket, head, "connections-per-user");
+    }
+    held.push(userSlot);
     try {
       await this.#opts.beforeUpgrade(principal, ip);
     } catch {
-      return refuseUpgrade(socket, 503, "Service Unavailable");
+      return refuse(503, "Service Unavailable");
     }
     if (this.#state !== "running" || socket.destroyed) {
       this.#opts.upgradeRefused(principal);
-      return refuseUpgrade(socket, 503, "Service Unavailable");
+      return refuse(503, "Service Unavailable");
     }
     const p = principal;
     this.#wss.handleUpgrade(req, socket, head, (ws) => this.#opts.onSocket(ws, p, ip));
+  }
+
+  /**
+   * Completes the handshake only to close at once with 4429 and the limit in words: a browser
+   * sees a close code and reason, never an HTTP status. Counted by limit.
+   */
+  #refuseSlot(req: http.IncomingMessage, socket: Duplex, head: Buffer, limit: SlotRefusal): void {
+    this.#opts.metrics.wsLimited.inc({ limit });
+    this.#wss.handleUpgrade(req, socket, head, (ws) => {
+      ws.close(4429, SLOT_REFUSALS[limit]);
+      // It holds no slot: a client that never answers the close must not keep the socket for long.
+      setTimeout(() => ws.terminate(), 5_000).unref();
+    });
   }
 
   /** Stops accepting: closes the listener and idle keep-alive sockets; later requests get 503. */

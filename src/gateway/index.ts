@@ -1,19 +1,23 @@
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import type { Config } from "../config/config.js";
-import { PushService } from "../gen/resonance/gateway/v1/gateway_pb.js";
-import { AuthService as LogicAuthService } from "../gen/resonance/logic/v1/logic_pb.js";
+import { PushService, type PushMessage } from "../gen/resonance/gateway/v1/gateway_pb.js";
+import { AuthService as LogicAuthService, SessionService as LogicSessionService } from "../gen/resonance/logic/v1/logic_pb.js";
 import type { Registration, Registry, RegistryWatch } from "../infra/registry/types.js";
 import type { Logger } from "../observability/log.js";
 import type { Metrics } from "../observability/metrics.js";
 import { Channels } from "../rpc/channels.js";
+import type { InProcessWiring } from "../rpc/in-process.js";
 import { RpcServer } from "../rpc/server.js";
 import { TokenValidator } from "./auth-cache.js";
+import { ChatDispatcher } from "./chat-dispatcher.js";
 import { ConnectionHub } from "./connections.js";
 import { PublicServer } from "./http-server.js";
 import { LogicClient } from "./logic-client.js";
 import { LogicReadiness, SECRET_MISMATCH_MESSAGE } from "./logic-readiness.js";
+import { LargeSessions } from "./large-sessions.js";
 import { PresenceReporter } from "./presence.js";
 import { publicRoutes } from "./public-api.js";
+import { ConnectionSlots } from "./user-limits.js";
 
 export interface GatewayDeps {
   readonly log: Logger;
@@ -21,6 +25,8 @@ export interface GatewayDeps {
   readonly registry: Registry;
   /** Probe logic and be ready only while it answers (a gateway of its own; in `all` logic is in this process). */
   readonly probeLogic?: boolean;
+  /** In `all`: logic is called in process, and the PushService serves the task in process (with no port when `listen` is false). */
+  readonly inProcess?: InProcessWiring | undefined;
 }
 
 /**
@@ -35,6 +41,7 @@ export class GatewayService {
   #registration: Registration | undefined;
   #presence: PresenceReporter | undefined;
   #hub: ConnectionHub | undefined;
+  #chats: ChatDispatcher | undefined;
   #public: PublicServer | undefined;
   #push: RpcServer | undefined;
   #readiness: LogicReadiness | undefined;
@@ -42,7 +49,7 @@ export class GatewayService {
   constructor(config: Config, deps: GatewayDeps) {
     this.#config = config;
     this.#d = deps;
-    this.#channels = new Channels({ timeoutMs: 10_000, secret: config.internalSecret });
+    this.#channels = new Channels({ timeoutMs: 10_000, secret: config.internalSecret, local: deps.inProcess?.servers });
   }
 
   get httpPort(): number {
@@ -88,20 +95,32 @@ export class GatewayService {
       log.child({ part: "presence" }),
     );
     this.#presence = presence;
+    const chats = new ChatDispatcher((address, items) => logic.sendMessages(address, items), () => logic.addresses, { maxQueued: c.limits.chatQueue }, this.#d.metrics, log.child({ part: "chats" }));
+    this.#chats = chats;
+    this.#d.metrics.gauge("resonance_chats_queued", "Chats waiting in the gateway for a call to logic", () => chats.queued);
     const hub: ConnectionHub = new ConnectionHub(
       {
-        sendQueue: c.limits.wsSendQueue,
+        sendBufferBytes: c.limits.wsSendBufferBytes,
         idleTimeoutMs: c.limits.wsIdleTimeoutMs,
         pingIntervalMs: c.limits.wsPingIntervalMs,
         chatRatePerSec: c.limits.chatRatePerSec,
         chatBurst: c.limits.chatBurst,
+        chatWindow: c.limits.wsChatWindow,
       },
-      logic,
+      chats,
       presence,
       this.#d.metrics,
       log.child({ part: "ws" }),
     );
     this.#hub = hub;
+    const large = new LargeSessions(
+      async (usernames, sessionId) =>
+        (await logic.call(LogicSessionService, (c) => c.largeMemberships({ usernames, sessionId: sessionId ?? "" }))).memberships,
+      () => hub.users(),
+      (u) => hub.has(u),
+      log.child({ part: "large-sessions" }),
+    );
+    const deliver = (usernames: string[], message: PushMessage) => void hub.push(usernames, message);
     const tokens = new TokenValidator(logic);
     const api = publicRoutes(logic, tokens, (token) => hub.closeToken(token), (username) => hub.closeUser(username));
     this.#public = new PublicServer({
@@ -119,7 +138,16 @@ export class GatewayService {
       ],
       tokens,
       // A user's first socket here waits until logic knows the route (see PresenceReporter.onlineNow).
-      beforeUpgrade: (p, ip) => (hub.has(p.username) ? Promise.resolve() : presence.onlineNow(p.username, ip)),
+      // And its large sessions are known here, so their messages reach it too.
+      beforeUpgrade: async (p, ip) => {
+        if (hub.has(p.username)) return;
+        const [route, learned] = await Promise.allSettled([presence.onlineNow(p.username, ip), large.learn(p.username)]);
+        if (learned.status === "rejected") {
+          if (route.status === "fulfilled" && !hub.has(p.username)) presence.offline(p.username);
+          throw learned.reason;
+        }
+        if (route.status === "rejected") throw route.reason;
+      },
       upgradeRefused: (p) => {
         if (!hub.has(p.username)) presence.offline(p.username);
       },
@@ -133,6 +161,7 @@ export class GatewayService {
         hub.add(ws, p, ip);
       },
       authRate: { perSec: c.limits.authRatePerSec, burst: c.limits.authBurst },
+      slots: new ConnectionSlots({ perUser: c.limits.wsPerUser, perAddress: c.limits.wsPerAddress }),
       log,
       metrics: this.#d.metrics,
     });
@@ -141,21 +170,35 @@ export class GatewayService {
       host: c.listen.host,
       secret: c.internalSecret,
       port: c.listen.pushPort,
+      advertiseHost: c.listen.advertiseHost,
+      local: this.#d.inProcess?.servers,
+      listen: this.#d.inProcess?.listen ?? true,
       onRefused: () => this.#d.metrics.internalRefused.inc(),
       log,
       routes: (router: ConnectRouter) =>
         router.service(PushService, {
           async push(req) {
             if (!req.message) throw new ConnectError("message is required", Code.InvalidArgument);
+            if (req.toSessionMembers) {
+              await large.push(req.message, deliver);
+              return { msgId: req.message.msgId };
+            }
             const failed = hub.push(req.toUsernames, req.message);
             return { msgId: req.message.msgId, failedUsernames: failed };
           },
           async pushBatch(req) {
-            const results = req.pushes.map((p) =>
-              p.message
-                ? { msgId: p.message.msgId, failedUsernames: hub.push(p.toUsernames, p.message) }
-                : { error: "message is required", failedUsernames: p.toUsernames },
-            );
+            // Large-session pushes may wait for logic (a session new here): they run in order,
+            // after the others, which never wait.
+            const waits: Array<Promise<void>> = [];
+            const results = req.pushes.map((p) => {
+              if (!p.message) return { error: "message is required", failedUsernames: p.toUsernames };
+              if (p.toSessionMembers) {
+                waits.push(large.push(p.message, deliver));
+                return { msgId: p.message.msgId };
+              }
+              return { msgId: p.message.msgId, failedUsernames: hub.push(p.toUsernames, p.message) };
+            });
+            await Promise.all(waits);
             return { results };
           },
           async revoke(req) {
@@ -179,7 +222,7 @@ export class GatewayService {
     this.#registration = await this.#d.registry.register({
       service: "gateway",
       id: c.instanceId,
-      address: `${c.listen.advertiseHost}:${this.#push.port}`,
+      address: this.#push.address,
       state: "serving",
     });
   }
@@ -244,6 +287,7 @@ export class GatewayService {
     this.#readiness?.stop();
     this.#public?.close();
     await this.#presence?.stop();
+    this.#chats?.close();
     await this.#push?.stop(0);
     await this.#registration?.deregister();
     await this.#watch?.close();

@@ -1,4 +1,5 @@
 import type { DescService } from "@bufbuild/protobuf";
+import { ChatService, type SendMessageRequest, type SendMessageResult } from "../gen/resonance/logic/v1/logic_pb.js";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import type { RegistryEntry } from "../infra/registry/types.js";
 import type { Channels } from "../rpc/channels.js";
@@ -31,6 +32,25 @@ export class LogicClient {
   setInstances(entries: readonly RegistryEntry[]): void {
     const serving = entries.filter((e) => e.state === "serving").map((e) => e.address);
     this.#pool = serving.length > 0 ? serving : entries.map((e) => e.address);
+  }
+
+  /** The logic instances calls go to now (serving ones; draining ones only when none serves). */
+  get addresses(): readonly string[] {
+    return this.#pool;
+  }
+
+  /**
+   * One SendMessages call to the instance at `address`, no retry (the chat dispatcher chooses
+   * instances and moves refused batches itself). Resolves one result per item; rejects with the
+   * call's error, without logic's response headers.
+   */
+  async sendMessages(address: string, items: SendMessageRequest[]): Promise<readonly SendMessageResult[]> {
+    try {
+      return (await this.#channels.client(ChatService, address).sendMessages({ items })).results;
+    } catch (err) {
+      const ce = ConnectError.from(err);
+      throw new ConnectError(ce.rawMessage, ce.code);
+    }
   }
 
   /**

@@ -3,6 +3,9 @@ import { PresenceService, UserOfflineSchema, UserOnlineSchema } from "../gen/res
 import type { Logger } from "../observability/log.js";
 import type { LogicClient } from "./logic-client.js";
 
+/** The longest a stop spends flushing presence. */
+export const STOP_FLUSH_MS = 3_000;
+
 /**
  * Reports users coming online and going offline on this gateway to logic, batched: a batch
  * goes when it is full or after `intervalMs`. Only the latest state of a user is sent. Every
@@ -112,12 +115,19 @@ export class PresenceReporter {
     if (this.#pending.size > 0) this.#kick();
   }
 
-  /** Flushes what is pending (with bounded retries) and stops; idempotent. */
+  /**
+   * Flushes what is pending (at most three tries, and at most {@link STOP_FLUSH_MS} in all: logic
+   * may be stopping too) and stops; idempotent. What is left is not lost for good: routes expire
+   * (RESONANCE_ROUTE_TTL), and a push to a gateway that is gone only fails.
+   */
   async stop(): Promise<{ presenceFlushed: number }> {
     clearInterval(this.#refresh);
     const before = this.#pending.size;
-    for (let i = 0; i < 3 && this.#pending.size > 0; i++) {
-      await this.flush();
+    const deadline = Date.now() + STOP_FLUSH_MS;
+    for (let i = 0; i < 3 && this.#pending.size > 0 && Date.now() < deadline; i++) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.flush(), new Promise((r) => (timer = setTimeout(r, deadline - Date.now())))]);
+      clearTimeout(timer);
     }
     this.#stopped = true;
     clearTimeout(this.#timer);

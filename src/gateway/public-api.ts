@@ -74,7 +74,13 @@ export function publicRoutes(
         session((c) => c.createSession({ creatorUsername: ctx.values.get(userKey), members: req.members, name: req.name, type: req.type }), req.type === 1),
       getHistoryMessages: (req, ctx) =>
         session((c) =>
-          c.getHistoryMessages({ username: ctx.values.get(userKey), sessionId: req.sessionId, limit: req.limit, beforeSeq: req.beforeSeq }),
+          c.getHistoryMessages({
+            username: ctx.values.get(userKey),
+            sessionId: req.sessionId,
+            limit: req.limit,
+            beforeSeq: req.beforeSeq,
+            ...(req.afterSeq !== undefined ? { afterSeq: req.afterSeq } : {}),
+          }),
         ),
       getContactList: (_req, ctx) => session((c) => c.getContactList({ username: ctx.values.get(userKey) })),
       searchUser: (req) => session((c) => c.searchUser({ query: req.query })),
@@ -82,6 +88,7 @@ export function publicRoutes(
         session((c) => c.updateReadPosition({ username: ctx.values.get(userKey), sessionId: req.sessionId, seqId: req.seqId })),
       pullInboxDelta: (req, ctx) =>
         session((c) => c.pullInboxDelta({ username: ctx.values.get(userKey), cursorId: req.cursorId, limit: req.limit })),
+      syncSessions: (req, ctx) => session((c) => c.syncSessions({ username: ctx.values.get(userKey), known: req.known })),
     });
   };
   return { routes, interceptors: [authenticate] };

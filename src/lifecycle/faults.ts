@@ -5,7 +5,7 @@ import type { Logger } from "../observability/log.js";
  * milliseconds, or forever for "hang". Names: `phase.<phase-name>` (before a shutdown phase),
  * `after.<phase-name>` (after it, before the next), `start.<component>` (before the app opens
  * health, registry, storage, routes, queue, logic, task or gateway), `start.failed` (after a
- * failed start closed what it had opened), `logic.<Method>` (Login, Register, SendMessage),
+ * failed start closed what it had opened), `logic.<Method>` (Login, Register, SendMessage, SendMessages),
  * `task.before-ack`; `process.unhandled-rejection` and `process.uncaught-exception` are read by
  * the app. Every point logs "fault injected" with its name when reached, so a test can wait for it.
  */

@@ -8,7 +8,8 @@ import type { RouteTable } from "../infra/routes/types.js";
 import type { Metrics } from "../observability/metrics.js";
 import { Tokens, hashPassword, verifyPassword, type KdfQueue } from "./auth.js";
 import type { Revocation } from "./revoke.js";
-import { LogicStore, SESSION_GROUP, SESSION_SINGLE, singleChatId } from "./store.js";
+import type { GroupCommit } from "./group-commit.js";
+import { LogicStore, SESSION_GROUP, SESSION_SINGLE, singleChatId, type CommitOutcome, type NewMessage } from "./store.js";
 import {
   MAX_PASSWORD_CHARS,
   checkUsername as requireUsername,
@@ -26,6 +27,10 @@ import {
 const MAX_GROUP_MEMBERS = 500;
 /** Chats in one SendMessages call. */
 export const MAX_CHAT_BATCH = 512;
+/** Sessions a client may list in one SyncSessions call. */
+export const MAX_KNOWN_SESSIONS = 1_000;
+/** Users in one LargeMemberships call (a gateway asks in pages of this). */
+export const MAX_MEMBERSHIP_USERS = 5_000;
 /** Gateway instance ids (RESONANCE_INSTANCE_ID). */
 const GATEWAY_ID = /^[A-Za-z0-9_.-]{1,64}$/;
 
@@ -52,8 +57,10 @@ export interface HandlerDeps {
   readonly kdf: KdfQueue;
   /** Tells every gateway about revoked tokens; resolves when they answered or failed, never rejects. */
   readonly revoked: (r: Revocation) => Promise<unknown>;
-  /** Called after a message commit so the outbox relay publishes without waiting for its poll. */
+  /** Called after a session is created so the outbox relay publishes its system message without waiting for its poll. */
   readonly onCommit: () => void;
+  /** Where chats are committed (group commit; the relay publishes what it commits). */
+  readonly commits: GroupCommit;
 }
 
 let dummy: Promise<string> | undefined;
@@ -145,15 +152,16 @@ export function logicRoutes(d: HandlerDeps) {
         if (req.type === SESSION_SINGLE && others.length !== 1) invalid("a single chat has exactly one other member");
         if (others.length + 1 > MAX_GROUP_MEMBERS) invalid(`a group has at most ${MAX_GROUP_MEMBERS} members`);
         const name = req.type === SESSION_GROUP ? checkName(req.name, "name") : "";
+        const found = await d.store.resolveUsers(others);
+        const missing = others.filter((m) => !found.has(m));
+        if (missing.length > 0) throw new ConnectError(`unknown users: ${listSome(missing)}`, Code.NotFound);
+        // The budget is spent only by a request that can succeed (a refused one costs one lookup).
         if (req.type === SESSION_GROUP) {
           const t = await d.limits.take(`group:${me}`, GROUP_CREATION);
           if (!t.allowed) {
             throw new ConnectError(`too many groups created; try again in ${Math.ceil(t.retryAfterMs / 1000)} s`, Code.ResourceExhausted);
           }
         }
-        const found = await d.store.resolveUsers(others);
-        const missing = others.filter((m) => !found.has(m));
-        if (missing.length > 0) throw new ConnectError(`unknown users: ${listSome(missing)}`, Code.NotFound);
         const members = others.map((m) => found.get(m)!);
         if (req.type === SESSION_SINGLE) {
           const id = singleChatId(creator, members[0]!);
@@ -171,6 +179,12 @@ export function logicRoutes(d: HandlerDeps) {
         const sessionId = checkSessionId(req.sessionId);
         const before = checkNotNegative(req.beforeSeq, "before_seq");
         const limit = clampLimit(req.limit, 20, 100);
+        if (req.afterSeq !== undefined) {
+          const after = checkNotNegative(req.afterSeq, "after_seq");
+          if (before > 0n) invalid("before_seq and after_seq: at most one");
+          await d.store.requireMember(sessionId, username);
+          return { messages: await d.store.historyAfter(sessionId, after, limit) };
+        }
         await d.store.requireMember(sessionId, username);
         return { messages: await d.store.history(sessionId, before, limit) };
       },
@@ -194,10 +208,28 @@ export function logicRoutes(d: HandlerDeps) {
         const r = await d.store.inboxDelta(username, cursor, clampLimit(req.limit, 100, 500));
         return { events: r.events, nextCursorId: r.next, hasMore: r.hasMore };
       },
+      async syncSessions(req) {
+        const username = requireUsername(req.username);
+        if (req.known.length > MAX_KNOWN_SESSIONS) invalid(`known: at most ${MAX_KNOWN_SESSIONS} sessions`);
+        const known = new Map<string, bigint>();
+        for (const k of req.known) known.set(checkSessionId(k.sessionId, "known.session_id"), checkNotNegative(k.seqId, "known.seq_id"));
+        const moved = await d.store.movedLargeSessions(username, known);
+        return { moved: moved.map((m) => ({ sessionId: m.sessionId, afterSeq: m.afterSeq, maxSeqId: m.maxSeqId })) };
+      },
+      async largeMemberships(req) {
+        if (req.usernames.length > MAX_MEMBERSHIP_USERS) invalid(`usernames: at most ${MAX_MEMBERSHIP_USERS}`);
+        const usernames = req.usernames.map((u) => requireUsername(u, "usernames"));
+        const sessionId = req.sessionId ? checkSessionId(req.sessionId) : undefined;
+        if (usernames.length === 0) return { memberships: [] };
+        return { memberships: await d.store.largeMemberships(usernames, sessionId) };
+      },
     });
 
-    /** Validates and commits one chat; rejects with a ConnectError for a bad one. */
-    async function sendOne(req: SendMessageRequest): Promise<{ msgId: bigint; seqId: bigint }> {
+    /**
+     * Validates one chat and names its session (creating the one-to-one chat when only
+     * to_username is given); rejects with a ConnectError for a bad one.
+     */
+    async function prepare(req: SendMessageRequest): Promise<NewMessage> {
       const from = requireUsername(req.fromUsername, "from_username");
       if (req.content.length === 0) invalid("content is empty");
       if (req.content.length > d.maxContentChars) invalid(`content: at most ${d.maxContentChars} characters`);
@@ -211,45 +243,51 @@ export function logicRoutes(d: HandlerDeps) {
         if (!(await d.store.isMember(sessionId, from))) {
           const exists = await d.store.existingUsers([req.toUsername]);
           if (!exists.has(req.toUsername)) throw new ConnectError(`unknown user ${req.toUsername}`, Code.NotFound);
-          await d.store.createSession(sessionId, "", SESSION_SINGLE, from, [req.toUsername], `${from} started a chat`);
+          const r = await d.store.createSession(sessionId, "", SESSION_SINGLE, from, [req.toUsername], `${from} started a chat`);
+          if (r.created) d.onCommit();
         }
       } else if (req.toUsername) {
         requireUsername(req.toUsername, "to_username");
       }
-      // Membership is checked by the commit itself (permission_denied for a stranger).
-      const r = await d.store.sendMessage({
-        sessionId,
-        from,
-        to: req.toUsername,
-        content: req.content,
-        type,
-        clientMsgId: req.clientMsgId || undefined,
-      });
-      if (r.created) {
-        d.metrics.messagesCommitted.inc();
-        d.onCommit();
-      }
-      return { msgId: r.msgId, seqId: r.seqId };
+      // Membership is checked by the commit itself, per message.
+      return { sessionId, from, to: req.toUsername, content: req.content, type, clientMsgId: req.clientMsgId || undefined };
+    }
+
+    /** Commits prepared chats together (group commit): one outcome each, in order. */
+    async function commit(messages: readonly NewMessage[]): Promise<CommitOutcome[]> {
+      const outcomes = await d.commits.submit(messages);
+      const created = outcomes.filter((o) => !(o instanceof ConnectError) && o.created).length;
+      if (created > 0) d.metrics.messagesCommitted.inc(created);
+      return outcomes;
     }
 
     router.service(ChatService, {
       async sendMessage(req) {
         await d.faults.at("logic.SendMessage");
-        return sendOne(req);
+        const [outcome] = await commit([await prepare(req)]);
+        if (outcome instanceof ConnectError) throw outcome;
+        return { msgId: outcome!.msgId, seqId: outcome!.seqId };
       },
       async sendMessages(req) {
         await d.faults.at("logic.SendMessages");
         if (req.items.length > MAX_CHAT_BATCH) invalid(`items: at most ${MAX_CHAT_BATCH}`);
-        const results = [];
-        for (const item of req.items) {
-          try {
-            results.push(await sendOne(item));
-          } catch (err) {
-            if (!(err instanceof ConnectError)) throw err; // not the item's fault: the whole call fails
-            const e = err;
-            results.push({ errorCode: e.code, errorMessage: e.rawMessage.slice(0, 200) });
-          }
-        }
+        // Each item is checked on its own; the valid ones are committed together.
+        const prepared = await Promise.all(
+          req.items.map((item) =>
+            prepare(item).catch((err: unknown) => {
+              if (err instanceof ConnectError) return err;
+              throw err; // not the item's fault: the whole call fails
+            }),
+          ),
+        );
+        const valid = prepared.filter((p): p is NewMessage => !(p instanceof ConnectError));
+        const committed = await commit(valid);
+        let next = 0;
+        const results = prepared.map((p) => {
+          const o = p instanceof ConnectError ? p : committed[next++]!;
+          if (o instanceof ConnectError) return { errorCode: o.code, errorMessage: o.rawMessage.slice(0, 200) };
+          return { msgId: o.msgId, seqId: o.seqId };
+        });
         return { results };
       },
     });

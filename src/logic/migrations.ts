@@ -105,4 +105,35 @@ export const migrations: readonly Migration[] = [
       alter table users add column tokens_valid_after bigint not null default 0;
     `,
   },
+  {
+    version: 4,
+    name: "group commit: client ids per (sender, session); outbox rows kept until the queue has synced them",
+    sql: `
+      -- A client's message id is unique per sender and session (the same id in two sessions is
+      -- two messages). Every existing row was unique under the stricter key, so this always builds.
+      alter table messages drop constraint messages_sender_client_msg_id_key;
+      alter table messages add constraint messages_sender_session_client_key unique (sender, session_id, client_msg_id);
+
+      -- A row is claimable once its claim has run out ('-infinity': never claimed). A published
+      -- row stays (published_at set) until the queue server has written it to disk, so that the
+      -- events a server lost in a crash can be published again (published_to: the server's id).
+      update outbox set claimed_until = '-infinity' where claimed_until is null;
+      alter table outbox alter column claimed_until set default '-infinity',
+                         alter column claimed_until set not null,
+                         add column published_at timestamptz,
+                         add column published_to text;
+      create index outbox_unpublished on outbox (claimed_until, id) where published_at is null;
+      create index outbox_published on outbox (published_at) where published_at is not null;
+    `,
+  },
+  {
+    version: 5,
+    name: "large sessions: member count",
+    sql: `
+      -- Kept by the code that adds members (registration, session creation). A session with more
+      -- members than RESONANCE_INBOX_FANOUT_LIMIT is "large": its messages get no inbox rows.
+      alter table sessions add column member_count int not null default 0;
+      update sessions s set member_count = (select count(*) from session_members m where m.session_id = s.id);
+    `,
+  },
 ];

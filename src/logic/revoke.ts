@@ -2,6 +2,7 @@ import { PushService } from "../gen/resonance/gateway/v1/gateway_pb.js";
 import type { Registry, RegistryWatch } from "../infra/registry/types.js";
 import type { Logger } from "../observability/log.js";
 import { Channels } from "../rpc/channels.js";
+import type { LocalServers } from "../rpc/in-process.js";
 
 /** How long one gateway may take to confirm a revocation. */
 const CALL_TIMEOUT_MS = 2_000;
@@ -27,9 +28,10 @@ export class RevocationNotifier {
   /** Gateway addresses seen, so the channel to one that left is dropped. */
   #known = new Set<string>();
 
-  constructor(registry: Registry, secret: string | undefined, log: Logger) {
+  /** `local`: the servers of this process (`all`), called without a socket. */
+  constructor(registry: Registry, secret: string | undefined, log: Logger, local?: LocalServers) {
     this.#registry = registry;
-    this.#channels = new Channels({ timeoutMs: CALL_TIMEOUT_MS, secret });
+    this.#channels = new Channels({ timeoutMs: CALL_TIMEOUT_MS, secret, local });
     this.#log = log;
   }
 

@@ -73,11 +73,6 @@ function toPush(r: MessageRow, meta?: { name: string; type: number }): PushMessa
   });
 }
 
-/** Postgres `unique_violation`, as thrown by `pg` and PGlite alike. */
-function isUniqueViolation(err: unknown): boolean {
-  return typeof err === "object" && err !== null && (err as { code?: unknown }).code === "23505";
-}
-
 /**
  * One message commit in one statement ($1 session, $2 sender, $3 to, $4 content, $5 type,
  * $6 client_msg_id, $7 created_at): the seq is taken only if the
@@ -99,12 +94,115 @@ const INSERT_MESSAGE = `
   )
   select id, seq_id from m`;
 
+/** A message's outcome in a batch: its ids, or the error it is answered with alone. */
+export type CommitOutcome = Committed | ConnectError;
+
+/** A new message's queue event, ready for the relay's fast path. */
+export interface CommittedEvent {
+  readonly outboxId: string;
+  readonly msgId: string;
+  /** The PushEvent, encoded. */
+  readonly data: Uint8Array;
+}
+
+export interface BatchResult {
+  readonly outcomes: CommitOutcome[];
+  readonly events: CommittedEvent[];
+}
+
+interface BatchRow {
+  ord: string;
+  id: string | null;
+  seq_id: string | null;
+  outbox_id: string | null;
+  name: string | null;
+  stype: number | null;
+  large: boolean | null;
+  prior_id: string | null;
+  prior_seq: string | null;
+  same: boolean | null;
+  session_exists: boolean;
+}
+
+/**
+ * A group commit: many messages of many sessions in one statement (one implicit transaction,
+ * one WAL flush). Parameters are parallel arrays ($1 session, $2 sender, $3 to, $4 content,
+ * $5 type, $6 client_msg_id) unnested `with ordinality`, so every result row carries its input's
+ * position; $7 created_at, $8 claim ms and $9 owner of the new outbox rows; $10 the fan-out
+ * limit (a session with more members is large: its event says so, decided once, at commit).
+ *
+ * - prior: a resend, found by (sender, session, client_msg_id), keeps its original ids and writes
+ *   nothing (same = the content matches too);
+ * - fresh: the rest whose sender is a member, numbered per session in input order;
+ * - locked: their session rows, locked in id order, so two committers never deadlock;
+ * - s: each session's seq range taken with one update (base + row number: gap-free, commit order
+ *   = seq order, the rows stay locked until commit);
+ * - m, o: the messages and their outbox rows (claimed for the fast path).
+ *
+ * A concurrent commit of the same client id raises a unique violation that undoes everything
+ * (the retry finds it as prior).
+ */
+const COMMIT_BATCH = `
+  with i as materialized (
+    select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+      with ordinality as t(session_id, sender, to_username, content, type, client_msg_id, ord)
+  ), prior as materialized (
+    select i.ord, m.id, m.seq_id, (m.content = i.content and m.type = i.type and m.to_username = i.to_username) as same
+      from i join messages m on m.sender = i.sender and m.session_id = i.session_id and m.client_msg_id = i.client_msg_id
+  ), fresh as materialized (
+    select i.*, row_number() over (partition by i.session_id order by i.ord) as rn
+      from i
+     where not exists (select 1 from prior p where p.ord = i.ord)
+       and exists (select 1 from session_members sm where sm.session_id = i.session_id and sm.username = i.sender)
+  ), locked as materialized (
+    select x.id from sessions x where x.id in (select session_id from fresh) order by x.id for no key update
+  ), s as (
+    update sessions set max_seq_id = sessions.max_seq_id + c.n
+      from (select session_id, count(*) as n from fresh group by session_id) c
+     where sessions.id = c.session_id and sessions.id in (select id from locked)
+    returning sessions.id, sessions.max_seq_id - c.n as base, sessions.name, sessions.type, sessions.member_count > $10 as large
+  ), m as (
+    insert into messages (session_id, seq_id, sender, to_username, content, type, client_msg_id, created_at)
+    select f.session_id, s.base + f.rn, f.sender, f.to_username, f.content, f.type, f.client_msg_id, $7
+      from fresh f join s on s.id = f.session_id
+     order by f.ord
+    returning id, session_id, seq_id
+  ), o as (
+    insert into outbox (msg_id, claimed_until, claimed_by)
+    select id, now() + ($8::int * interval '1 millisecond'), $9 from m order by id
+    returning id, msg_id
+  )
+  select i.ord, m.id, m.seq_id, o.id as outbox_id, s.name, s.type as stype, s.large,
+         p.id as prior_id, p.seq_id as prior_seq, p.same,
+         exists (select 1 from sessions x where x.id = i.session_id) as session_exists
+    from i
+    left join prior p on p.ord = i.ord
+    left join fresh f on f.ord = i.ord
+    left join s on s.id = f.session_id
+    left join m on m.session_id = f.session_id and m.seq_id = s.base + f.rn
+    left join o on o.msg_id = m.id
+   order by i.ord`;
+
+/** RESONANCE_INBOX_FANOUT_LIMIT's default (see the README). */
+export const DEFAULT_FANOUT_LIMIT = 200;
+
+/**
+ * Joined into an outbox claim, mark or delete: that statement's implicit transaction commits
+ * without waiting for its WAL flush (`synchronous_commit` off for it alone). Losing one in a
+ * database crash only publishes an event again, which the queue's dedup and the idempotent
+ * inbox absorb. The message commit itself always waits for its flush: its ack follows it.
+ */
+const ASYNC_COMMIT = "(select set_config('synchronous_commit', 'off', true)) as async_commit";
+
 /** Every SQL statement of the logic service. Parameterized only. */
 export class LogicStore {
   readonly #db: Storage;
+  /** Sessions with more members are large (RESONANCE_INBOX_FANOUT_LIMIT). */
+  readonly fanoutLimit: number;
 
-  constructor(db: Storage) {
+  constructor(db: Storage, opts: { inboxFanoutLimit?: number } = {}) {
     this.#db = db;
+    this.fanoutLimit = opts.inboxFanoutLimit ?? DEFAULT_FANOUT_LIMIT;
   }
 
   /** The user with exactly this name (as stored: token subjects, session members). */
@@ -144,7 +242,9 @@ export class LogicStore {
       );
       if (rowCount === 0) return false;
       await tx.query(
-        "insert into session_members (session_id, username, last_read_seq) select id, $2, max_seq_id from sessions where id = $1",
+        `with j as (insert into session_members (session_id, username, last_read_seq) select id, $2, max_seq_id from sessions where id = $1
+                    on conflict do nothing returning session_id)
+         update sessions set member_count = member_count + (select count(*) from j) where id = $1`,
         [PUBLIC_ROOM, username],
       );
       return true;
@@ -227,7 +327,8 @@ export class LogicStore {
       );
       if (rowCount === 0) return { sessionId, created: undefined };
       await tx.query(
-        "insert into session_members (session_id, username) select $1, unnest($2::text[]) on conflict do nothing",
+        `with j as (insert into session_members (session_id, username) select $1, unnest($2::text[]) on conflict do nothing returning username)
+         update sessions set member_count = member_count + (select count(*) from j) where id = $1`,
         [sessionId, [...new Set([creator, ...members])]],
       );
       const created = await this.#insertMessage(tx, {
@@ -244,35 +345,52 @@ export class LogicStore {
   }
 
   /**
-   * Commits a message: takes the session's next seq (row lock: commit order = seq order, no
-   * gaps), writes the message and its outbox event, all in one statement (one round trip, one
-   * implicit transaction), only if the sender is a member. A resend of a committed (sender,
-   * clientMsgId) hits the unique key, which rolls the whole statement back (no seq is used), and
-   * resolves with the original ids. Rejects with permission_denied (not a member) or not_found.
+   * Commits a batch of messages, of any sessions, in one statement (see {@link COMMIT_BATCH}):
+   * resolves with one outcome per message, in order, and the queue events of the new ones (their
+   * outbox rows are claimed by `owner` for `claimMs`, for the relay's fast path). Each message is
+   * answered on its own: committed, a resend (its original ids), or refused. Two messages of one
+   * batch must not share (sender, session, client id): the caller answers the second itself.
+   * Rejects when the statement fails as a whole (the caller retries or splits the batch).
    */
-  async sendMessage(m: NewMessage): Promise<Committed> {
-    try {
-      const committed = await this.#insertMessage(this.#db, m);
-      if (committed) return committed;
-    } catch (err) {
-      if (!m.clientMsgId || !isUniqueViolation(err)) throw err;
-      const existing = await this.#findByClientId(this.#db, m.from, m.clientMsgId);
-      if (existing) return existing;
-      throw err;
+  async commitBatch(batch: readonly NewMessage[], claimMs: number, owner: string): Promise<BatchResult> {
+    const now = Math.floor(Date.now() / 1000);
+    const { rows } = await this.#db.query<BatchRow>(COMMIT_BATCH, [
+      batch.map((m) => m.sessionId),
+      batch.map((m) => m.from),
+      batch.map((m) => m.to),
+      batch.map((m) => m.content),
+      batch.map((m) => m.type),
+      batch.map((m) => m.clientMsgId ?? null),
+      now,
+      claimMs,
+      owner,
+      this.fanoutLimit,
+    ]);
+    const outcomes: CommitOutcome[] = [];
+    const events: CommittedEvent[] = [];
+    for (const [i, m] of batch.entries()) {
+      const r = rows[i];
+      if (!r || Number(r.ord) !== i + 1) throw new Error("commit: results out of step with the batch");
+      if (r.id !== null) {
+        outcomes.push({ msgId: BigInt(r.id), seqId: BigInt(r.seq_id!), sessionId: m.sessionId, created: true });
+        const message = { msgId: BigInt(r.id), seqId: BigInt(r.seq_id!), sessionId: m.sessionId, fromUsername: m.from, toUsername: m.to, content: m.content, type: m.type, timestamp: BigInt(now) };
+        const data = toBinary(PushEventSchema, create(PushEventSchema, { ...message, sessionName: r.name!, sessionType: r.stype!, large: r.large! }));
+        events.push({ outboxId: r.outbox_id!, msgId: r.id, data });
+      } else if (r.prior_id !== null) {
+        outcomes.push(
+          r.same
+            ? { msgId: BigInt(r.prior_id), seqId: BigInt(r.prior_seq!), sessionId: m.sessionId, created: false }
+            : new ConnectError("client_msg_id was already used for a different message", Code.AlreadyExists),
+        );
+      } else {
+        outcomes.push(
+          r.session_exists
+            ? new ConnectError(`not a member of session ${m.sessionId}`, Code.PermissionDenied)
+            : new ConnectError(`session ${m.sessionId} does not exist`, Code.NotFound),
+        );
+      }
     }
-    // The rare path: tell "no such session" from "not a member".
-    const { rows } = await this.#db.query("select 1 from sessions where id = $1", [m.sessionId]);
-    if (rows.length === 0) throw new ConnectError(`session ${m.sessionId} does not exist`, Code.NotFound);
-    throw new ConnectError(`not a member of session ${m.sessionId}`, Code.PermissionDenied);
-  }
-
-  async #findByClientId(q: Queryable, sender: string, clientMsgId: string): Promise<Committed | undefined> {
-    const { rows } = await q.query<{ id: string; seq_id: string; session_id: string }>(
-      "select id, seq_id, session_id from messages where sender = $1 and client_msg_id = $2",
-      [sender, clientMsgId],
-    );
-    const r = rows[0];
-    return r && { msgId: BigInt(r.id), seqId: BigInt(r.seq_id), sessionId: r.session_id, created: false };
+    return { outcomes, events };
   }
 
   /**
@@ -298,9 +416,9 @@ export class LogicStore {
   async sessionList(username: string): Promise<SessionInfo[]> {
     // A one-to-one chat is named after the other member's nickname (their username if they have none).
     const { rows } = await this.#db.query<
-      MessageRow & { sid: string; name: string; stype: number; avatar_url: string; max_seq_id: string; last_read_seq: string; peer: string | null }
+      MessageRow & { sid: string; name: string; stype: number; avatar_url: string; max_seq_id: string; last_read_seq: string; peer: string | null; large: boolean }
     >(
-      `select s.id as sid, s.name, s.type as stype, s.avatar_url, s.max_seq_id, sm.last_read_seq, ${MSG_COLUMNS},
+      `select s.id as sid, s.name, s.type as stype, s.avatar_url, s.max_seq_id, sm.last_read_seq, s.member_count > $3 as large, ${MSG_COLUMNS},
               (select coalesce(nullif(u.nickname, ''), u.username) from session_members o join users u on u.username = o.username
                 where s.type = $2 and o.session_id = s.id and o.username <> $1 limit 1) as peer
          from session_members sm
@@ -308,7 +426,7 @@ export class LogicStore {
          left join messages m on m.session_id = s.id and m.seq_id = s.max_seq_id
         where sm.username = $1
         order by m.id desc nulls last, s.id`,
-      [username, SESSION_SINGLE],
+      [username, SESSION_SINGLE, this.fanoutLimit],
     );
     return rows.map((r) => {
       const unread = BigInt(r.max_seq_id) - BigInt(r.last_read_seq);
@@ -319,9 +437,49 @@ export class LogicStore {
         avatarUrl: r.avatar_url,
         unreadCount: unread > 0n ? unread : 0n,
         lastReadSeq: BigInt(r.last_read_seq),
+        maxSeqId: BigInt(r.max_seq_id),
+        large: r.large,
         ...(r.id ? { lastMessage: toPush(r, { name: r.name, type: r.stype }) } : {}),
       });
     });
+  }
+
+  /** Messages after `afterSeq`, ascending by seq, the oldest `limit` of them (catch-up by seq). */
+  async historyAfter(sessionId: string, afterSeq: bigint, limit: number): Promise<PushMessage[]> {
+    const { rows } = await this.#db.query<MessageRow & { name: string; stype: number }>(
+      `select ${MSG_COLUMNS}, s.name, s.type as stype from messages m join sessions s on s.id = m.session_id
+        where m.session_id = $1 and m.seq_id > $2::bigint
+        order by m.seq_id limit $3`,
+      [sessionId, afterSeq.toString(), limit],
+    );
+    return rows.map((r) => toPush(r, { name: r.name, type: r.stype }));
+  }
+
+  /**
+   * The caller's large sessions whose last seq is past what the client knows (`known`: session →
+   * highest seq it has); for a session not in `known`, past the caller's read position.
+   */
+  async movedLargeSessions(username: string, known: ReadonlyMap<string, bigint>): Promise<Array<{ sessionId: string; afterSeq: bigint; maxSeqId: bigint }>> {
+    const { rows } = await this.#db.query<{ id: string; after_seq: string; max_seq_id: string }>(
+      `select s.id, coalesce(k.seq, sm.last_read_seq) as after_seq, s.max_seq_id
+         from session_members sm
+         join sessions s on s.id = sm.session_id
+         left join unnest($3::text[], $4::bigint[]) as k(sid, seq) on k.sid = s.id
+        where sm.username = $1 and s.member_count > $2 and s.max_seq_id > coalesce(k.seq, sm.last_read_seq)
+        order by s.id`,
+      [username, this.fanoutLimit, [...known.keys()], [...known.values()].map(String)],
+    );
+    return rows.map((r) => ({ sessionId: r.id, afterSeq: BigInt(r.after_seq), maxSeqId: BigInt(r.max_seq_id) }));
+  }
+
+  /** Which of `usernames` are members of which large sessions (only of `sessionId` when given). */
+  async largeMemberships(usernames: readonly string[], sessionId: string | undefined): Promise<Array<{ username: string; sessionId: string }>> {
+    const { rows } = await this.#db.query<{ username: string; session_id: string }>(
+      `select sm.username, sm.session_id from session_members sm join sessions s on s.id = sm.session_id
+        where sm.username = any($1::text[]) and s.member_count > $2 and ($3::text is null or s.id = $3)`,
+      [usernames, this.fanoutLimit, sessionId ?? null],
+    );
+    return rows.map((r) => ({ username: r.username, sessionId: r.session_id }));
   }
 
   /** Messages before `beforeSeq` (0 = newest), ascending by seq. */
@@ -393,14 +551,15 @@ export class LogicStore {
   }
 
   /**
-   * Claims up to `limit` unclaimed (or expired) outbox rows, oldest first, for `claimMs`, in a
-   * short transaction of its own, so publishing never holds a transaction open.
+   * Claims up to `limit` unpublished outbox rows whose claim ran out (or that were never claimed),
+   * for `claimMs`, in a short statement of its own, so publishing never holds a transaction open.
    */
   async claimOutbox(limit: number, claimMs: number, owner: string): Promise<Array<{ id: string; msg_id: string }>> {
     const { rows } = await this.#db.query<{ id: string; msg_id: string }>(
       `update outbox set claimed_until = now() + ($2::int * interval '1 millisecond'), claimed_by = $3
-        where id in (select id from outbox where claimed_until is null or claimed_until < now()
-                      order by id limit $1 for update skip locked)
+         from ${ASYNC_COMMIT}
+        where id in (select id from outbox where published_at is null and claimed_until < now()
+                      order by claimed_until, id limit $1 for update skip locked)
         returning id, msg_id`,
       [limit, claimMs, owner],
     );
@@ -409,29 +568,61 @@ export class LogicStore {
 
   /** The queue events of committed messages (PushEvent, encoded), in the order asked. */
   async pushEvents(msgIds: readonly string[]): Promise<Map<string, Uint8Array>> {
-    const { rows } = await this.#db.query<MessageRow & { name: string; stype: number }>(
-      `select ${MSG_COLUMNS}, s.name, s.type as stype from messages m join sessions s on s.id = m.session_id
+    const { rows } = await this.#db.query<MessageRow & { name: string; stype: number; large: boolean }>(
+      `select ${MSG_COLUMNS}, s.name, s.type as stype, s.member_count > $2 as large from messages m join sessions s on s.id = m.session_id
         where m.id = any($1::bigint[])`,
-      [msgIds],
+      [msgIds, this.fanoutLimit],
     );
     return new Map(
       rows.map((r) => {
-        // The event carries the message's fields plus the session's name and type.
+        // The event carries the message's fields plus the session's name, type and size (decided
+        // here, once: the published event is what every delivery sees).
         const { $typeName: _, sessionMeta: __, ...message } = toPush(r);
-        return [r.id, toBinary(PushEventSchema, create(PushEventSchema, { ...message, sessionName: r.name, sessionType: r.stype }))];
+        const event = create(PushEventSchema, { ...message, sessionName: r.name, sessionType: r.stype, large: r.large });
+        return [r.id, toBinary(PushEventSchema, event)];
       }),
     );
   }
 
-
-  /** Marks events as sent: the rows go. */
+  /** The events were published and the queue has them on disk: the rows go. */
   async deleteOutbox(ids: readonly string[]): Promise<void> {
-    await this.#db.query("delete from outbox where id = any($1::bigint[])", [ids]);
+    await this.#db.query(`delete from outbox using ${ASYNC_COMMIT} where id = any($1::bigint[])`, [ids]);
+  }
+
+  /**
+   * The events were published to the queue server `server`, which may not have them on disk yet:
+   * the rows stay, marked, until {@link deleteSynced} (or {@link republishLost}) sees to them.
+   */
+  async markPublished(ids: readonly string[], server: string): Promise<void> {
+    await this.#db.query(`update outbox set published_at = now(), published_to = $2 from ${ASYNC_COMMIT} where id = any($1::bigint[])`, [ids, server]);
+  }
+
+  /** Deletes up to `limit` rows published more than `syncedMs` ago; resolves with how many went. */
+  async deleteSynced(syncedMs: number, limit: number): Promise<number> {
+    const { rowCount } = await this.#db.query(
+      `delete from outbox using ${ASYNC_COMMIT} where id in (select id from outbox where published_at < now() - ($1::int * interval '1 millisecond')
+                                        order by published_at limit $2)`,
+      [syncedMs, limit],
+    );
+    return rowCount;
+  }
+
+  /**
+   * Makes the rows published to any server but `server` claimable again: a queue server that
+   * restarted (a new id) may have lost what it had acknowledged and not yet written to disk.
+   * Resolves with how many rows will be published again.
+   */
+  async republishLost(server: string): Promise<number> {
+    const { rowCount } = await this.#db.query(
+      "update outbox set published_at = null, published_to = null, claimed_until = '-infinity' where published_at is not null and published_to <> $1",
+      [server],
+    );
+    return rowCount;
   }
 
   /** Gives claimed rows back at once (publish failed). */
   async releaseOutbox(ids: readonly string[]): Promise<void> {
-    await this.#db.query("update outbox set claimed_until = null, claimed_by = null where id = any($1::bigint[])", [ids]);
+    await this.#db.query("update outbox set claimed_until = '-infinity', claimed_by = null where id = any($1::bigint[]) and published_at is null", [ids]);
   }
 
   /**
@@ -439,14 +630,15 @@ export class LogicStore {
    * by two live processes), or every claim when `all` (embedded storage has one process only).
    */
   async releaseStaleClaims(owner: string, all: boolean): Promise<void> {
-    await this.#db.query("update outbox set claimed_until = null, claimed_by = null where claimed_until is not null and ($2 or claimed_by = $1)", [
-      owner,
-      all,
-    ]);
+    await this.#db.query(
+      "update outbox set claimed_until = '-infinity', claimed_by = null where published_at is null and claimed_until > '-infinity' and ($2 or claimed_by = $1)",
+      [owner, all],
+    );
   }
 
+  /** Outbox events not yet published. */
   async outboxBacklog(): Promise<number> {
-    const { rows } = await this.#db.query<{ n: string }>("select count(*) as n from outbox");
+    const { rows } = await this.#db.query<{ n: string }>("select count(*) as n from outbox where published_at is null");
     return Number(rows[0]?.n ?? 0);
   }
 

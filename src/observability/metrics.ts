@@ -14,12 +14,30 @@ export class Metrics {
     labelNames: ["code", "reason"],
     registers: [this.registry],
   });
+  readonly wsLimited = new Counter({
+    name: "resonance_ws_limited_total",
+    help: "WebSocket connections refused or closed by a limit (connections-per-user, connections-per-address, send-buffer, chat-rate)",
+    labelNames: ["limit"],
+    registers: [this.registry],
+  });
   readonly messagesIn = new Counter({ name: "resonance_messages_in_total", help: "Chat messages received from clients", registers: [this.registry] });
   readonly messagesOut = new Counter({ name: "resonance_messages_out_total", help: "Messages pushed to clients", registers: [this.registry] });
   readonly ackLatency = new Histogram({
     name: "resonance_ack_latency_seconds",
     help: "Chat message receipt to ack",
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [this.registry],
+  });
+  readonly chatBatches = new Counter({
+    name: "resonance_chat_batches_total",
+    help: "SendMessages calls from a gateway to logic, by outcome (ok, moved to another instance, failed)",
+    labelNames: ["outcome"],
+    registers: [this.registry],
+  });
+  readonly chatsShed = new Counter({
+    name: "resonance_chats_shed_total",
+    help: "Chats answered resource_exhausted at once, by reason (window: the connection's unacked window is full; queue: the gateway's queue towards logic is full)",
+    labelNames: ["reason"],
     registers: [this.registry],
   });
   readonly badInput = new Counter({ name: "resonance_bad_input_total", help: "Rejected malformed input", labelNames: ["kind"], registers: [this.registry] });
@@ -32,6 +50,9 @@ export class Metrics {
     registers: [this.registry],
   });
   readonly pushes = new Counter({ name: "resonance_pushes_total", help: "Push RPCs from task to gateways, by outcome", labelNames: ["outcome"], registers: [this.registry] });
+  readonly inboxRows = new Counter({ name: "resonance_inbox_rows_total", help: "Inbox rows written or found written by task (one per member of a small session's message)", registers: [this.registry] });
+  readonly routeLookups = new Counter({ name: "resonance_route_lookups_total", help: "Users whose routes task looked up", registers: [this.registry] });
+  readonly largeEvents = new Counter({ name: "resonance_large_events_total", help: "Events of large sessions: no inbox rows, pushed once per gateway", registers: [this.registry] });
   readonly internalRefused = new Counter({
     name: "resonance_internal_calls_refused_total",
     help: "Internal gRPC calls refused for a missing or wrong shared secret",

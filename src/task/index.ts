@@ -10,6 +10,7 @@ import type { Faults } from "../lifecycle/faults.js";
 import type { Logger } from "../observability/log.js";
 import type { Metrics } from "../observability/metrics.js";
 import { Channels } from "../rpc/channels.js";
+import type { LocalServers } from "../rpc/in-process.js";
 import { writeInboxFront } from "./inbox.js";
 import { GatewayPusher, type PushClient } from "./pusher.js";
 
@@ -26,6 +27,8 @@ export interface TaskDeps {
    * channels. In one process (`all`) the gateway itself can be passed.
    */
   readonly pushClient?: ((address: string) => PushClient) | undefined;
+  /** In `all`: the servers of this process; a gateway found there is called without a socket. */
+  readonly localServers?: LocalServers | undefined;
 }
 
 /** Batches handled at once: while one batch's inbox statement runs, the next is decoded and sent. */
@@ -39,6 +42,14 @@ const MAX_LOOKUPS_PENDING = 64;
 /** A batch whose inbox write failed comes back after this back-off, doubled per delivery, up to the cap. */
 const RETRY_BASE_MS = 100;
 const RETRY_MAX_MS = 5_000;
+/**
+ * Deliveries after which an event whose inbox write still fails on its own, while the database
+ * answers, is poison: it goes to the dead letters with its reason instead of coming back forever.
+ * (While the database is down every event comes back, however often.)
+ */
+export const MAX_DELIVERIES = 5;
+/** Longest reason kept with a dead letter. */
+const MAX_REASON = 300;
 const MAX_INT64 = 2n ** 63n - 1n;
 /** Longest session id an event may carry (ids are short: `group:<n>`, `single:<a>:<b>`). */
 const MAX_SESSION_ID = 512;
@@ -73,6 +84,15 @@ export function decodeEvent(data: Uint8Array): PushEvent | string {
   if (e.sessionId.length > MAX_SESSION_ID || e.sessionId.includes("\u0000")) return "event with an invalid session id";
   if (e.msgId < 0n || e.msgId > MAX_INT64 || e.seqId < 0n || e.seqId > MAX_INT64) return "event with msg_id or seq_id out of range";
   return e;
+}
+
+/**
+ * True when `err` came from a database server that is up: it has a SQLSTATE that is not a
+ * connection exception (class 08) or an operator intervention (57P: shutdown, crash recovery).
+ */
+function databaseAnswered(err: unknown): boolean {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === "string" && /^([0-9]{2}|F0|HV|P0|XX)[0-9A-Z]{3}$/.test(code) && !code.startsWith("08") && !code.startsWith("57P");
 }
 
 /** A PostgreSQL "data exception" (SQLSTATE class 22): the row is at fault, not the database. */
@@ -119,7 +139,7 @@ export class TaskService {
   constructor(config: Config, deps: TaskDeps) {
     this.#config = config;
     this.#d = deps;
-    this.#channels = new Channels({ timeoutMs: 5_000, secret: config.internalSecret });
+    this.#channels = new Channels({ timeoutMs: 5_000, secret: config.internalSecret, local: deps.localServers });
     this.#stopping = new Promise((resolve) => (this.#stop = resolve));
     deps.metrics.gauge("resonance_consumer_ack_pending", "Queue events delivered and not yet acked", async () => (await deps.queue.consumer.pending()).ackPending);
     deps.metrics.gauge("resonance_consumer_lag", "Queue events waiting to be delivered", async () => (await deps.queue.consumer.pending()).waiting);
@@ -171,15 +191,41 @@ export class TaskService {
   }
 
   /** Moves an event that can never be handled to the dead-letter subject; if that fails, it stays unsettled (nak'd). Never rejects. */
-  async #deadLetter(delivered: DeliveredEvent, reason: string): Promise<void> {
+  async #deadLetter(delivered: DeliveredEvent, reason: string, what = "undecodable event moved to the dead-letter subject"): Promise<void> {
+    reason = reason.slice(0, MAX_REASON);
     try {
       await delivered.deadLetter(reason);
     } catch (err) {
       this.#d.log.warn({ err, id: delivered.id }, "moving an event to the dead-letter subject failed; it will come back");
       return;
     }
-    this.#d.log.error({ id: delivered.id, reason }, "undecodable event moved to the dead-letter subject");
+    this.#d.log.error({ id: delivered.id, reason, deliveryCount: delivered.deliveryCount }, what);
     this.#d.metrics.eventsHandled.inc({ outcome: "dead-letter" });
+  }
+
+  /**
+   * True when `e`, failing alone with `err`, is poison: delivered {@link MAX_DELIVERIES} times
+   * already, and the database answers (so the fault is the event's, not an outage).
+   */
+  async #isPoison(e: Decoded, err: unknown): Promise<boolean> {
+    if (isDataError(err)) return true;
+    if (e.delivered.deliveryCount < MAX_DELIVERIES) return false;
+    try {
+      await this.#d.storage.query("select 1");
+      return true;
+    } catch (probe) {
+      // An error with a SQLSTATE is the server answering (PostgreSQL may report the failed
+      // statement before it has released its locks, so "out of shared memory" can follow at once).
+      if (databaseAnswered(probe)) return true;
+      this.#d.log.warn({ err: probe, id: e.delivered.id }, "the database does not answer either; the event is not taken for poison");
+      return false;
+    }
+  }
+
+  async #deadLetterPoison(e: Decoded, err: unknown): Promise<void> {
+    const why = err instanceof Error ? err.message : String(err);
+    const reason = isDataError(err) ? `inbox refused the event: ${why}` : `inbox write failed ${e.delivered.deliveryCount} times: ${why}`;
+    await this.#deadLetter(e.delivered, reason, "event moved to the dead-letter subject");
   }
 
   async #deliver(events: readonly Decoded[]): Promise<void> {
@@ -187,8 +233,18 @@ export class TaskService {
       for (const e of events) e.delivered.working();
     }, Math.max(1_000, this.#config.task.ackWaitMs / 3));
     try {
-      const written = await this.#writeInbox(events);
+      // A large session's message has no inbox rows: it goes once to every gateway, whatever
+      // the member count, and its members catch it up by seq.
+      const large = events.filter((e) => e.event.large);
+      const small = large.length === 0 ? events : events.filter((e) => !e.event.large);
+      const written = small.length > 0 ? await this.#writeInbox(small) : [];
+      if (large.length > 0) {
+        this.#pushToMembers(large);
+        this.#d.metrics.largeEvents.inc(large.length);
+        written.push(...large);
+      }
       if (written.length === 0) return;
+      await this.#senderHasRead(written);
       await this.#d.faults.at("task.before-ack");
       await this.#d.queue.consumer.ackAll(written.map((e) => e.delivered));
       this.#d.metrics.eventsHandled.inc({ outcome: "acked" }, written.length);
@@ -215,33 +271,48 @@ export class TaskService {
       try {
         members = await writeInboxFront(this.#d.storage, rest.map((e) => e.event));
       } catch (err) {
-        if (isDataError(err) && rest.length > 1) return [...written, ...(await this.#writeOneByOne(rest))];
+        // A bad event fails its whole statement: alone, only it fails (and, if poison, goes to the dead letters).
+        const suspect = isDataError(err) || rest.some((e) => e.delivered.deliveryCount >= MAX_DELIVERIES);
+        if (suspect && rest.length > 1) return [...written, ...(await this.#writeOneByOne(rest))];
+        if (rest.length === 1 && (await this.#isPoison(rest[0]!, err))) {
+          await this.#deadLetterPoison(rest[0]!, err);
+          return written;
+        }
         this.#retryLater(rest, err);
         return written;
       }
       const front = rest.slice(0, members.length);
       rest = rest.slice(members.length);
+      this.#d.metrics.inboxRows.inc(members.reduce((n, m) => n + m.length, 0));
       written.push(...front);
       this.#startPushes(front, members);
     }
     return written;
   }
 
-  /** After a data error in a batch statement: each event alone, so only the one at fault is dead-lettered. */
+  /** After a batch statement failed for a suspect event: each event alone, so only the one at fault fails. */
   async #writeOneByOne(events: readonly Decoded[]): Promise<Decoded[]> {
     const written: Decoded[] = [];
-    for (const [i, e] of events.entries()) {
+    /** Sessions with an event handed back: their later events follow it (seq order per session). */
+    const held = new Set<string>();
+    for (const e of events) {
+      if (held.has(e.event.sessionId)) {
+        this.#retryLater([e], "an earlier event of its session is being retried");
+        continue;
+      }
       try {
         const members = await writeInboxFront(this.#d.storage, [e.event]);
+        this.#d.metrics.inboxRows.inc(members.reduce((n, m) => n + m.length, 0));
         written.push(e);
         this.#startPushes([e], members);
       } catch (err) {
-        if (isDataError(err)) {
-          await this.#deadLetter(e.delivered, `inbox refused the event: ${(err as Error).message}`);
+        if (await this.#isPoison(e, err)) {
+          await this.#deadLetterPoison(e, err);
           continue;
         }
-        this.#retryLater(events.slice(i), err);
-        break;
+        // Not its fault (yet): this one comes back later; other sessions' events still get their turn.
+        held.add(e.event.sessionId);
+        this.#retryLater([e], err);
       }
     }
     return written;
@@ -249,11 +320,47 @@ export class TaskService {
 
   /** Hands events back with a back-off, so a database that is down is not hammered by instant redeliveries. */
   #retryLater(events: readonly Decoded[], err: unknown): void {
-    this.#d.log.warn({ err, events: events.length }, "inbox write failed; events handed back for a later retry");
+    const first = events.slice(0, 5).map((e) => `${e.delivered.id}#${e.delivered.deliveryCount}`);
+    this.#d.log.warn({ err, events: events.length, first }, "inbox write failed; events handed back for a later retry");
     this.#d.metrics.eventsHandled.inc({ outcome: "retry" }, events.length);
     for (const e of events) {
       const backoff = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** Math.min(16, e.delivered.deliveryCount - 1));
       e.delivered.nak(backoff);
+    }
+  }
+
+  /** Each large-session message, once to every live gateway, which pushes it to its own connections of the session's members. */
+  #pushToMembers(events: readonly Decoded[]): void {
+    for (const { event } of events) {
+      const message = toPushMessage(event);
+      for (const address of new Set(this.#addresses.values())) this.#pusher(address).push([], message, true);
+    }
+  }
+
+  /**
+   * The sender has read their own message: their read position moves to it (never back), so
+   * their unread count does not count it, in small and large sessions alike. One statement per
+   * batch; a failure only leaves the count high until the next send or read, so it is logged, not retried.
+   */
+  async #senderHasRead(events: readonly Decoded[]): Promise<void> {
+    const upto = new Map<string, { sessionId: string; username: string; seq: bigint }>();
+    for (const { event: e } of events) {
+      if (!e.fromUsername) continue;
+      const key = `${e.sessionId}\u0000${e.fromUsername}`;
+      const had = upto.get(key);
+      if (!had || had.seq < e.seqId) upto.set(key, { sessionId: e.sessionId, username: e.fromUsername, seq: e.seqId });
+    }
+    if (upto.size === 0) return;
+    const rows = [...upto.values()];
+    try {
+      await this.#d.storage.query(
+        `update session_members sm set last_read_seq = v.seq
+           from unnest($1::text[], $2::text[], $3::bigint[]) as v(session_id, username, seq)
+          where sm.session_id = v.session_id and sm.username = v.username and sm.last_read_seq < v.seq`,
+        [rows.map((r) => r.sessionId), rows.map((r) => r.username), rows.map((r) => r.seq.toString())],
+      );
+    } catch (err) {
+      this.#d.log.warn({ err, senders: rows.length }, "moving senders' read positions failed; their unread counts stay high until they read");
     }
   }
 
@@ -287,6 +394,7 @@ export class TaskService {
       const recipients = new Set<string>();
       for (const list of members) for (const u of list) recipients.add(u);
       if (recipients.size === 0) return;
+      this.#d.metrics.routeLookups.inc(recipients.size);
       const routes = await this.#d.routes.lookup([...recipients]);
       if (routes.size === 0) return;
       for (const [i, { event }] of events.entries()) {

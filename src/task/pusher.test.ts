@@ -110,6 +110,26 @@ describe("task pusher", () => {
     await p.flush();
   });
 
+  it("pusher - the queue is bounded in bytes too: big pushes beyond it drop the oldest, and the newest always stays", async () => {
+    const { calls, client } = fakeGateway();
+    const metrics = new Metrics();
+    const big = "x".repeat(10_000);
+    const p = new GatewayPusher("gw:1", client, metrics, silent, { maxBatch: 100, maxBatchBytes: 1 << 20, highWater: 1_000, maxQueued: 1_000, maxQueuedBytes: 35_000 });
+    p.push(["a"], msg(1n, big)); // in flight
+    for (let i = 2n; i <= 9n; i++) p.push(["a"], msg(i, big));
+    // Three of about 10 KB fit in 35,000 bytes.
+    expect(p.queued).toBe(3);
+    expect(await counter(metrics, "dropped")).toBe(5);
+    p.push(["a"], msg(10n, "y".repeat(50_000)));
+    expect(p.queued).toBe(1);
+    await tick();
+    calls[0]!.done();
+    await tick();
+    expect(calls[1]!.ids).toEqual([10n]);
+    calls[1]!.done();
+    await p.flush();
+  });
+
   it("pusher - room() waits while more than the high-water mark is queued, and resolves as the gateway catches up", async () => {
     const { calls, client } = fakeGateway();
     const p = new GatewayPusher("gw:1", client, new Metrics(), silent, { maxBatch: 2, maxBatchBytes: 1 << 20, highWater: 3, maxQueued: 100 });

@@ -16,7 +16,12 @@ export interface PusherLimits {
   readonly highWater: number;
   /** Most pushes waiting; beyond it the oldest are dropped (their recipients have them in their inbox). */
   readonly maxQueued: number;
+  /** Most (estimated) bytes waiting, dropped the same way; default {@link DEFAULT_MAX_QUEUED_BYTES}. */
+  readonly maxQueuedBytes?: number;
 }
+
+/** 20,000 pushes of 8,000-character messages to big groups would be over a gigabyte: bytes are bounded too. */
+export const DEFAULT_MAX_QUEUED_BYTES = 64 * 1024 * 1024;
 
 /**
  * The gateway's gRPC server refuses bodies over 1 MiB: a batch stays well under it. The task
@@ -47,6 +52,7 @@ export class GatewayPusher {
   readonly #log: Logger;
   readonly #limits: PusherLimits;
   #queue: Queued[] = [];
+  #queuedBytes = 0;
   #sending: Promise<void> | undefined;
   /** Producers waiting for the queue to fall to the high-water mark. */
   #roomWaiters: Array<() => void> = [];
@@ -70,12 +76,23 @@ export class GatewayPusher {
     return this.#queue.length;
   }
 
-  /** Queues `message` for `toUsernames` on this gateway; sends at once if no call is in flight. Never throws. */
-  push(toUsernames: string[], message: PushMessage): void {
-    this.#queue.push({ request: create(PushRequestSchema, { toUsernames, message }), bytes: encodedSizeBound(toUsernames, message) });
-    const excess = this.#queue.length - this.#limits.maxQueued;
+  /**
+   * Queues `message` for `toUsernames` on this gateway — or, with `toSessionMembers`, for every
+   * member of its session connected there (a large session) — and sends at once if no call is in
+   * flight. Never throws.
+   */
+  push(toUsernames: string[], message: PushMessage, toSessionMembers = false): void {
+    const bytes = encodedSizeBound(toUsernames, message);
+    this.#queue.push({ request: create(PushRequestSchema, { toUsernames, message, toSessionMembers }), bytes });
+    this.#queuedBytes += bytes;
+    const maxBytes = this.#limits.maxQueuedBytes ?? DEFAULT_MAX_QUEUED_BYTES;
+    let excess = 0;
+    // The oldest go first; the newest push always stays, whatever its size.
+    while (this.#queue.length > 1 && (this.#queue.length > this.#limits.maxQueued || this.#queuedBytes > maxBytes)) {
+      this.#queuedBytes -= this.#queue.shift()!.bytes;
+      excess++;
+    }
     if (excess > 0) {
-      this.#queue.splice(0, excess);
       this.#metrics.pushes.inc({ outcome: "dropped" }, excess);
       this.#dropped += excess;
       this.#warn(undefined);
@@ -109,7 +126,10 @@ export class GatewayPusher {
       bytes += next;
       n++;
     }
-    return this.#queue.splice(0, n).map((q) => q.request);
+    return this.#queue.splice(0, n).map((q) => {
+      this.#queuedBytes -= q.bytes;
+      return q.request;
+    });
   }
 
   async #drain(): Promise<void> {

@@ -125,7 +125,7 @@ export async function auditServer(cluster: TestCluster, sessionId: string, membe
     const missing = rows.filter((r) => !have.has(r.id)).length;
     if (missing > 0) inboxMissing[m] = missing;
   }
-  const outbox = await cluster.sql<{ n: string }>("select count(*) as n from outbox");
+  const outbox = await cluster.sql<{ n: string }>("select count(*) as n from outbox where published_at is null");
   return {
     messages: rows.length,
     seqProblems,

@@ -89,14 +89,17 @@ function MessageLog({ sessionId, chat, me }: LogProps) {
   }, [store]);
 
   const onScroll = (): void => {
-    const el = ref.current!;
+    // A scroll event can still arrive after the view was closed (Esc, another chat).
+    const el = ref.current;
+    if (!el) return;
     atBottom.current = el.scrollHeight - el.scrollTop - el.clientHeight < AT_BOTTOM_PX;
     if (atBottom.current && unseen > 0) setUnseen(0);
     if (el.scrollTop < LOAD_OLDER_PX && chat?.hasOlder && !chat.loadingOlder) void store.loadOlder(sessionId);
   };
 
   const toBottom = (): void => {
-    const el = ref.current!;
+    const el = ref.current;
+    if (!el) return;
     el.scrollTo({ top: el.scrollHeight, behavior: "smooth" });
     setUnseen(0);
   };

@@ -52,7 +52,8 @@ export class EmbeddedQueue implements Queue {
   readonly kind = "embedded" as const;
   /** In-process: never lost. */
   readonly lost: Promise<Error> = new Promise<Error>(() => undefined);
-  readonly publisher: EventPublisher = { publish: (events) => this.#publish(events) };
+  /** An ack means the consumer has handled the event: nothing more to wait for. */
+  readonly publisher: EventPublisher = { publish: (events) => this.#publish(events), unsyncedMs: 0, destination: () => "embedded" };
   readonly consumer: EventConsumer = {
     consume: (handler, concurrency) => this.#consume(oneByOne(handler), { maxBatch: 1, inFlight: concurrency }),
     consumeBatches: (handler, opts) => this.#consume(handler, opts),

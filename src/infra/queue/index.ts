@@ -28,6 +28,8 @@ export interface QueueOptions {
    * subjects, so tests that make their own stream also pick their own subjects.
    */
   readonly subjects?: { readonly push: string; readonly deadLetter: string } | undefined;
+  /** The NATS server's `jetstream.sync_interval` (0: it syncs every write; default 2 minutes, as nats-server). */
+  readonly syncIntervalMs?: number | undefined;
 }
 
 /**
@@ -44,5 +46,6 @@ export function createQueue(opts: QueueOptions): Queue {
     durable: opts.durable ?? DEFAULT_DURABLE,
     stream: opts.stream ?? DEFAULT_STREAM,
     subjects: opts.subjects ?? { push: PUSH_SUBJECT, deadLetter: DEAD_LETTER_SUBJECT },
+    ...(opts.syncIntervalMs !== undefined ? { syncIntervalMs: opts.syncIntervalMs } : {}),
   });
 }

@@ -36,6 +36,11 @@ export interface JetStreamQueueOptions {
    * open requests to end. An event reaches an open request at once, whatever its lifetime.
    */
   readonly pullExpiresMs?: number;
+  /**
+   * The server's `jetstream.sync_interval` (how long an acknowledged event may stay unwritten to
+   * disk; NATS default 2 minutes), or 0 when it syncs always or the stream is replicated.
+   */
+  readonly syncIntervalMs?: number;
 }
 
 /** Header carrying the reason on a dead-lettered event. */
@@ -45,6 +50,8 @@ export const DEAD_LETTER_ID_HEADER = "Resonance-Event-Id";
 
 const PUBLISH_WINDOW = 512;
 const DUPLICATE_WINDOW_MS = 120_000;
+/** nats-server's default `jetstream.sync_interval`. */
+export const DEFAULT_SYNC_INTERVAL_MS = 120_000;
 /** Default lifetime of one pull request: bounds how long stop() waits (the client's minimum). */
 const PULL_EXPIRES_MS = 1_000;
 /** Pull requests open at once: a second one keeps events flowing while the first refills. */
@@ -173,7 +180,7 @@ function isApiError(err: unknown, code: number): boolean {
 export class JetStreamQueue implements Queue {
   readonly kind = "jetstream" as const;
   readonly lost: Promise<Error>;
-  readonly publisher: EventPublisher = { publish: (events) => this.#publish(events) };
+  readonly publisher: EventPublisher;
   readonly consumer: EventConsumer = {
     consume: (handler, concurrency) => this.#consume(oneByOne(handler), { maxBatch: 1, inFlight: concurrency }),
     consumeBatches: (handler, opts) => this.#consume(handler, opts),
@@ -198,6 +205,11 @@ export class JetStreamQueue implements Queue {
   /** Does no I/O: `start()` connects. */
   constructor(opts: JetStreamQueueOptions) {
     this.#opts = opts;
+    this.publisher = {
+      publish: (events) => this.#publish(events),
+      unsyncedMs: opts.syncIntervalMs ?? DEFAULT_SYNC_INTERVAL_MS,
+      destination: () => this.#nc?.info?.server_id ?? "unknown",
+    };
     this.#log = opts.log.child({ component: "queue", kind: "jetstream", stream: opts.stream });
     this.#pullExpiresMs = Math.max(PULL_EXPIRES_MS, opts.pullExpiresMs ?? PULL_EXPIRES_MS);
     this.#hooks = {

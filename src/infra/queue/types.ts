@@ -12,6 +12,18 @@ export interface EventPublisher {
    * acked by the consumer). Rejects if any is not; the caller retries the whole batch (dedup by id).
    */
   publish(events: readonly OutgoingEvent[]): Promise<void>;
+  /**
+   * How long after a publish ack the server may still lose the event in an operating-system crash
+   * (it has not written it to disk yet): 0 when an ack means it is safe. The caller keeps its own
+   * copy that long.
+   */
+  readonly unsyncedMs: number;
+  /**
+   * Which server acknowledges publishes now: a new value after the server restarted (JetStream:
+   * the connected server's id, new at every start; "unknown" while not connected). Events acked
+   * by another server within {@link unsyncedMs} may be lost and are published again.
+   */
+  destination(): string;
 }
 
 /** A delivered event. Exactly one of ack / nak / deadLetter settles it. */

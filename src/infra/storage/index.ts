@@ -17,7 +17,7 @@ export interface StorageOptions {
   /** `application_name` of every PostgreSQL connection, e.g. `resonance-logic-<instance>`. */
   readonly applicationName: string;
   readonly log: Logger;
-  /** PostgreSQL pool size (default 10). */
+  /** PostgreSQL pool size (default 4: the writers batch, a few connections carry them). */
   readonly poolSize?: number | undefined;
   /** PostgreSQL `statement_timeout` in ms (default 10 s, 0 = none). PGlite has no timer to enforce one. */
   readonly statementTimeoutMs?: number | undefined;

@@ -5,7 +5,7 @@ import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { pathToFileURL } from "node:url";
-import { PGlite, types } from "@electric-sql/pglite";
+import { PGlite, parse as pgParse, protocol, types } from "@electric-sql/pglite";
 import type { Logger } from "../../observability/log.js";
 import type { Queryable, Storage } from "./types.js";
 
@@ -23,6 +23,8 @@ export interface PgliteStorageOptions {
    * {@link defaultTemplateCache}. Null: no template, a new directory is initialized in place.
    */
   readonly templateCache?: string | null;
+  /** How often dead rows are looked for and vacuumed (see {@link PgliteStorage.vacuumDead}); default 5 s, 0 = never. */
+  readonly vacuumEveryMs?: number;
 }
 
 /**
@@ -66,6 +68,86 @@ async function run<R>(
   return normalize<R>(await db.query(sql, [...params]));
 }
 
+type BackendMessage = Parameters<typeof pgParse.parseResults>[0][number];
+
+/** A named prepared statement of the PGlite session. */
+interface Prepared {
+  readonly name: string;
+  /** The type of each parameter, as the server inferred it. */
+  readonly paramTypes: readonly number[];
+  /** Its row description (empty for a statement that returns no rows), replayed before each result. */
+  readonly head: readonly BackendMessage[];
+}
+
+/**
+ * A table is vacuumed when it has more dead rows than this plus {@link VACUUM_DEAD_SHARE} of its
+ * live rows (autovacuum's rule, with a higher floor: one vacuum blocks the event loop a few ms).
+ */
+const VACUUM_DEAD_ROWS = 1_000;
+const VACUUM_DEAD_SHARE = 0.2;
+
+/** Statements kept prepared at most (the application's SQL is a fixed set, far below this). */
+const MAX_PREPARED = 256;
+/** SQLSTATE of "cached plan must not change result type": a table changed under a prepared statement. */
+const PLAN_CHANGED = "0A000";
+
+function concat(parts: readonly Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/**
+ * Parameterized statements as named prepared statements of the (single) PGlite session: the SQL
+ * is parsed and analysed once, and each call is one Bind/Execute/Sync exchange with the
+ * WebAssembly module instead of PGlite's six (parse, describe, bind, describe, execute, sync),
+ * which re-parse and re-plan the statement every time. Values are serialized and rows parsed
+ * exactly as PGlite's `query` does (same serializers and parsers), so results have the same shapes.
+ * The caller holds PGlite's query mutex.
+ */
+class PreparedStatements {
+  readonly #byText = new Map<string, Prepared>();
+  #next = 0;
+
+  async run(db: PGlite, sql: string, params: readonly unknown[], inTransaction: boolean): Promise<PgliteResult> {
+    const st = this.#byText.get(sql) ?? (await this.#prepare(db, sql));
+    const values = params.map((v, i) => {
+      if (v === null || v === undefined) return null;
+      const serialize = db.serializers[st.paramTypes[i]!];
+      return serialize ? serialize(v) : String(v);
+    });
+    const message = concat([protocol.serialize.bind({ statement: st.name, values }), protocol.serialize.execute({}), protocol.serialize.sync()]);
+    try {
+      const { messages } = await db.execProtocol(message, { syncToFs: !inTransaction });
+      return pgParse.parseResults([...st.head, ...messages], db.parsers)[0]!;
+    } catch (err) {
+      // A migration changed a table under it: prepare it afresh next time.
+      if ((err as { code?: unknown }).code === PLAN_CHANGED && st.name) await this.#forget(db, sql, st);
+      throw err;
+    }
+  }
+
+  /** Parses `sql` once; beyond {@link MAX_PREPARED} statements, as the unnamed statement (not kept). */
+  async #prepare(db: PGlite, sql: string): Promise<Prepared> {
+    const keep = this.#byText.size < MAX_PREPARED;
+    const name = keep ? `resonance_${this.#next++}` : "";
+    const message = concat([protocol.serialize.parse({ name, text: sql }), protocol.serialize.describe({ type: "S", name }), protocol.serialize.sync()]);
+    const { messages } = await db.execProtocol(message, { syncToFs: false });
+    const st: Prepared = { name, paramTypes: pgParse.parseDescribeStatementResults(messages), head: messages.filter((m) => m.name === "rowDescription") };
+    if (keep) this.#byText.set(sql, st);
+    return st;
+  }
+
+  async #forget(db: PGlite, sql: string, st: Prepared): Promise<void> {
+    this.#byText.delete(sql);
+    await db.execProtocol(concat([protocol.serialize.close({ type: "S", name: st.name }), protocol.serialize.sync()]), { syncToFs: false }).catch(() => undefined);
+  }
+}
+
 /** Tells this process from an earlier one that had the same pid (containers restart as pid 1). */
 const PROCESS_TOKEN = randomUUID();
 
@@ -91,8 +173,13 @@ export class PgliteStorage implements Storage {
   readonly #log: Logger;
   readonly #lockPath: string;
   readonly #inflight = new Set<Promise<unknown>>();
+  readonly #prepared = new PreparedStatements();
   #db: PGlite | undefined;
   #lockHeld = false;
+  #vacuumTimer: NodeJS.Timeout | undefined;
+  /** Parameterized statements run so far, and when the last look for dead rows was. */
+  #statements = 0;
+  #statementsAtVacuum = 0;
   #starting: Promise<void> | undefined;
   #closing: Promise<void> | undefined;
 
@@ -129,6 +216,40 @@ export class PgliteStorage implements Storage {
       throw new Error(`storage: cannot open PGlite in ${this.#opts.dir}: ${(err as Error).message}`, { cause: err });
     }
     this.#log.info({ dir: this.#opts.dir, ms: Date.now() - started, created }, created ? "created embedded PGlite database" : "opened embedded PGlite database");
+    const every = this.#opts.vacuumEveryMs ?? 5_000;
+    if (every > 0) {
+      this.#vacuumTimer = setInterval(() => {
+        this.vacuumDead().catch((err: unknown) => this.#log.warn({ err }, "vacuuming the embedded database failed"));
+      }, every);
+      this.#vacuumTimer.unref();
+    }
+  }
+
+  /**
+   * PGlite runs no autovacuum: rows deleted or updated (the outbox above all: every message adds
+   * a row, the relay updates then deletes it) would pile up and slow every scan. This vacuums
+   * (and analyzes) each table with many dead rows; called every `vacuumEveryMs`. Resolves with
+   * the tables vacuumed.
+   */
+  async vacuumDead(): Promise<string[]> {
+    // Nothing written since the last look: nothing to do (an idle process does no work).
+    if (this.#closing || !this.#db || this.#statements === this.#statementsAtVacuum) return [];
+    this.#statementsAtVacuum = this.#statements;
+    // pg_class and the stats functions, prepared: a few times cheaper than the pg_stat_user_tables view.
+    const { rows } = await this.query<{ name: string }>(
+      `select c.oid::regclass::text as name from pg_class c
+        where c.relkind = 'r' and c.relnamespace = $1::regnamespace
+          and pg_stat_get_dead_tuples(c.oid) > $2::float8 + $3::float8 * pg_stat_get_live_tuples(c.oid)
+        order by pg_stat_get_dead_tuples(c.oid) desc`,
+      ["public", VACUUM_DEAD_ROWS, VACUUM_DEAD_SHARE],
+    );
+    for (const { name } of rows) {
+      if (this.#closing) break;
+      const started = performance.now();
+      await this.query(`vacuum (analyze) ${name}`);
+      this.#log.debug({ table: name, ms: Math.round(performance.now() - started) }, "vacuumed");
+    }
+    return rows.map((r) => r.name);
   }
 
   /**
@@ -209,7 +330,16 @@ export class PgliteStorage implements Storage {
 
   async query<R = Record<string, unknown>>(sql: string, params?: readonly unknown[]): Promise<QueryResult<R>> {
     const db = this.#ready();
-    return this.#track(run<R>(db, sql, params));
+    if (!params || params.length === 0) return this.#track(run<R>(db, sql, params));
+    // As PGlite's own `query`: not while a transaction runs, one statement at a time.
+    return this.#track(db._runExclusiveTransaction(() => this.#runPrepared<R>(db, sql, params, false)));
+  }
+
+  /** A parameterized statement as a prepared statement (see {@link PreparedStatements}). */
+  async #runPrepared<R>(db: PGlite, sql: string, params: readonly unknown[], inTransaction: boolean): Promise<QueryResult<R>> {
+    await db._checkReady();
+    this.#statements++;
+    return normalize<R>(await db._runExclusiveQuery(() => this.#prepared.run(db, sql, params, inTransaction)));
   }
 
   /** PGlite's own transaction: commits when `fn` resolves, rolls back and rethrows when it throws. */
@@ -221,7 +351,9 @@ export class PgliteStorage implements Storage {
         const tx: Queryable = {
           query: <R>(sql: string, params?: readonly unknown[]) => {
             if (finished) return Promise.reject(new Error("storage: query on a finished transaction"));
-            return run<R>(raw, sql, params);
+            if (!params || params.length === 0) return run<R>(raw, sql, params);
+            // The transaction holds PGlite's transaction lock: only the query lock is taken.
+            return this.#runPrepared<R>(db, sql, params, true);
           },
         };
         try {
@@ -240,6 +372,7 @@ export class PgliteStorage implements Storage {
   }
 
   async #close(): Promise<void> {
+    clearInterval(this.#vacuumTimer);
     await this.#starting?.catch(() => undefined);
     await Promise.allSettled([...this.#inflight]);
     const db = this.#db;

@@ -8,7 +8,7 @@ export interface PostgresStorageOptions {
   /** Sent as `application_name` on every connection (visible in `pg_stat_activity`). */
   readonly applicationName: string;
   readonly log: Logger;
-  /** Maximum connections in the pool (default 10). */
+  /** Maximum connections in the pool (default 4: the writers batch, a few connections carry them). */
   readonly poolSize?: number;
   /** How long acquiring a new connection may take before it fails (default 10 s). */
   readonly connectTimeoutMs?: number;
@@ -26,6 +26,8 @@ export interface PostgresStorageOptions {
  * 10 s for an answer anyway.
  */
 export const DEFAULT_STATEMENT_TIMEOUT_MS = 10_000;
+/** Connections per process (RESONANCE_PG_POOL): group commit and the batched consumers need few. */
+export const DEFAULT_POOL_SIZE = 4;
 /** A transaction left open and idle this long (a bug) is ended by the server, releasing its locks. */
 const IDLE_IN_TRANSACTION_TIMEOUT_MS = 30_000;
 
@@ -85,7 +87,7 @@ export class PostgresStorage implements Storage {
     const pool = new driver.Pool({
       connectionString: this.#opts.databaseUrl,
       application_name: this.#opts.applicationName,
-      max: this.#opts.poolSize ?? 10,
+      max: this.#opts.poolSize ?? DEFAULT_POOL_SIZE,
       connectionTimeoutMillis: this.#opts.connectTimeoutMs ?? 10_000,
       idleTimeoutMillis: 30_000,
       statement_timeout: this.#opts.statementTimeoutMs ?? DEFAULT_STATEMENT_TIMEOUT_MS,
@@ -101,7 +103,7 @@ export class PostgresStorage implements Storage {
       await pool.end().catch(() => undefined);
       throw new Error(`storage: cannot connect to PostgreSQL at ${this.#where}: ${(err as Error).message}`, { cause: err });
     }
-    this.#log.info({ database: this.#where, poolSize: this.#opts.poolSize ?? 10 }, "connected to PostgreSQL");
+    this.#log.info({ database: this.#where, poolSize: this.#opts.poolSize ?? DEFAULT_POOL_SIZE }, "connected to PostgreSQL");
   }
 
   #ready(): pg.Pool {

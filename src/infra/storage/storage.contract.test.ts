@@ -169,6 +169,34 @@ describe.each(implementations)("storage contract - $kind", ({ kind, available, s
     expect((await db.query<{ n: string }>("select n from counter where id = 1")).rows[0]?.n).toBe("20");
   });
 
+  it("storage - the same parameterized statement, run again and again, in and out of transactions, sees every change (arrays, nulls, bytea)", async () => {
+    const sql = "select label, big, $2::bytea as b from items where label = any($1::text[]) order by id";
+    const bytes = new Uint8Array([0, 1, 255]);
+    expect((await db.query(sql, [["again"], bytes])).rows).toEqual([]);
+    await db.query("insert into items (label, big) values ($1, $2)", ["again", null]);
+    const inTx = await db.transaction(async (tx) => {
+      await tx.query("insert into items (label, big) values ($1, $2)", ["again", 7n]);
+      return (await tx.query<{ label: string; big: string | null; b: Uint8Array }>(sql, [["again", "other"], bytes])).rows;
+    });
+    expect(inTx.map((r) => r.big)).toEqual([null, "7"]);
+    expect([...inTx[0]!.b]).toEqual([0, 1, 255]);
+    expect((await db.query(sql, [["again"], bytes])).rowCount).toBe(2);
+    // A bad value fails the statement alone; the next call works.
+    await expect(db.query("insert into items (label, big) values ($1, $2)", ["bad", "not a number"])).rejects.toMatchObject({ code: "22P02" });
+    expect((await db.query(sql, [["again"], bytes])).rowCount).toBe(2);
+  });
+
+  it("storage - a statement keeps working after its table changes under it", async () => {
+    await db.query("create table shape (id int, a text)");
+    await db.query("insert into shape values ($1, $2)", [1, "x"]);
+    const read = () => db.query("select * from shape where id = $1", [1]).then((r) => r.rows);
+    expect(await read()).toEqual([{ id: 1, a: "x" }]);
+    await db.query("alter table shape add column b text default 'y'");
+    // Postgres refuses a cached plan whose result changed at most once; then the statement is prepared afresh.
+    const again = await read().catch(() => read());
+    expect(again).toEqual([{ id: 1, a: "x", b: "y" }]);
+  });
+
   it("migrate - applies in version order once, even when run twice at the same time", async () => {
     const [a, b] = await Promise.all([migrate(db, MIGRATIONS, log), migrate(db, MIGRATIONS, log)]);
     expect([...a.applied, ...b.applied].sort()).toEqual([1, 2]);
@@ -200,6 +228,24 @@ describe.each(implementations)("storage contract - $kind", ({ kind, available, s
     const second = new PgliteStorage({ dir: subject.location, log, lockTimeoutMs: 300 });
     await expect(second.start()).rejects.toThrow(/in use by pid/);
     await second.close();
+  });
+
+  if (kind === "pglite") it("pglite - a table with many dead rows (outbox churn) is vacuumed; one without is left alone", async () => {
+    const pglite = db as PgliteStorage;
+    await db.query("create table churn (id bigserial primary key, v int)");
+    for (let i = 0; i < 3; i++) {
+      await db.query("insert into churn (v) select g from generate_series(1, $1::int) g", [1_000]);
+      await db.query("delete from churn where v > $1", [0]);
+    }
+    // Statistics reach the shared view at most once a second unless a flush is asked for.
+    const dead = async () => {
+      await db.query("select pg_stat_force_next_flush()");
+      return Number((await db.query<{ n: string }>("select n_dead_tup as n from pg_stat_user_tables where relname = $1", ["churn"])).rows[0]?.n ?? 0);
+    };
+    expect(await dead()).toBeGreaterThanOrEqual(3_000);
+    expect(await pglite.vacuumDead()).toEqual(["churn"]);
+    expect(await dead()).toBe(0);
+    expect(await pglite.vacuumDead()).toEqual([]);
   });
 
   it("storage - close is idempotent and later queries reject", async () => {

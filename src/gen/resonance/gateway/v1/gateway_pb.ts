@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file resonance/gateway/v1/gateway.proto.
  */
 export const file_resonance_gateway_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("CiJyZXNvbmFuY2UvZ2F0ZXdheS92MS9nYXRld2F5LnByb3RvEhRyZXNvbmFuY2UuZ2F0ZXdheS52MSIyCgxMb2dpblJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkiTgoNTG9naW5SZXNwb25zZRIUCgxhY2Nlc3NfdG9rZW4YASABKAkSJwoEdXNlchgCIAEoCzIZLnJlc29uYW5jZS5jb21tb24udjEuVXNlciJHCg9SZWdpc3RlclJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSEAoIbmlja25hbWUYAyABKAkiUQoQUmVnaXN0ZXJSZXNwb25zZRIUCgxhY2Nlc3NfdG9rZW4YASABKAkSJwoEdXNlchgCIAEoCzIZLnJlc29uYW5jZS5jb21tb24udjEuVXNlciIlCg1Mb2dvdXRSZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSIhCg5Mb2dvdXRSZXNwb25zZRIPCgdzdWNjZXNzGAEgASgIIrcBCgtTZXNzaW9uSW5mbxISCgpzZXNzaW9uX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSDAoEdHlwZRgDIAEoBRISCgphdmF0YXJfdXJsGAQgASgJEhQKDHVucmVhZF9jb3VudBgFIAEoAxIVCg1sYXN0X3JlYWRfc2VxGAYgASgDEjcKDGxhc3RfbWVzc2FnZRgHIAEoCzIhLnJlc29uYW5jZS5nYXRld2F5LnYxLlB1c2hNZXNzYWdlIkUKC0NvbnRhY3RJbmZvEhAKCHVzZXJuYW1lGAEgASgJEhAKCG5pY2tuYW1lGAIgASgJEhIKCmF2YXRhcl91cmwYAyABKAkiUgoKSW5ib3hFdmVudBIQCghpbmJveF9pZBgBIAEoAxIyCgdtZXNzYWdlGAIgASgLMiEucmVzb25hbmNlLmdhdGV3YXkudjEuUHVzaE1lc3NhZ2UiLQoVR2V0U2Vzc2lvbkxpc3RSZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSJNChZHZXRTZXNzaW9uTGlzdFJlc3BvbnNlEjMKCHNlc3Npb25zGAEgAygLMiEucmVzb25hbmNlLmdhdGV3YXkudjEuU2Vzc2lvbkluZm8iWQoUQ3JlYXRlU2Vzc2lvblJlcXVlc3QSFAoMYWNjZXNzX3Rva2VuGAEgASgJEg8KB21lbWJlcnMYAiADKAkSDAoEbmFtZRgDIAEoCRIMCgR0eXBlGAQgASgFIisKFUNyZWF0ZVNlc3Npb25SZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJImgKGUdldEhpc3RvcnlNZXNzYWdlc1JlcXVlc3QSFAoMYWNjZXNzX3Rva2VuGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDQoFbGltaXQYAyABKAMSEgoKYmVmb3JlX3NlcRgEIAEoAyJRChpHZXRIaXN0b3J5TWVzc2FnZXNSZXNwb25zZRIzCghtZXNzYWdlcxgBIAMoCzIhLnJlc29uYW5jZS5nYXRld2F5LnYxLlB1c2hNZXNzYWdlIi0KFUdldENvbnRhY3RMaXN0UmVxdWVzdBIUCgxhY2Nlc3NfdG9rZW4YASABKAkiTQoWR2V0Q29udGFjdExpc3RSZXNwb25zZRIzCghjb250YWN0cxgBIAMoCzIhLnJlc29uYW5jZS5nYXRld2F5LnYxLkNvbnRhY3RJbmZvIjgKEVNlYXJjaFVzZXJSZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCRINCgVxdWVyeRgCIAEoCSJGChJTZWFyY2hVc2VyUmVzcG9uc2USMAoFdXNlcnMYASADKAsyIS5yZXNvbmFuY2UuZ2F0ZXdheS52MS5Db250YWN0SW5mbyJVChlVcGRhdGVSZWFkUG9zaXRpb25SZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg4KBnNlcV9pZBgDIAEoAyIyChpVcGRhdGVSZWFkUG9zaXRpb25SZXNwb25zZRIUCgx1bnJlYWRfY291bnQYASABKAMiTwoVUHVsbEluYm94RGVsdGFSZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCRIRCgljdXJzb3JfaWQYAiABKAMSDQoFbGltaXQYAyABKAMidAoWUHVsbEluYm94RGVsdGFSZXNwb25zZRIwCgZldmVudHMYASADKAsyIC5yZXNvbmFuY2UuZ2F0ZXdheS52MS5JbmJveEV2ZW50EhYKDm5leHRfY3Vyc29yX2lkGAIgASgDEhAKCGhhc19tb3JlGAMgASgIIpACCghXc1BhY2tldBILCgNzZXEYASABKAkSLAoFcHVsc2UYCiABKAsyGy5yZXNvbmFuY2UuZ2F0ZXdheS52MS5QdWxzZUgAEjEKBGNoYXQYCyABKAsyIS5yZXNvbmFuY2UuZ2F0ZXdheS52MS5DaGF0UmVxdWVzdEgAEjEKBHB1c2gYDCABKAsyIS5yZXNvbmFuY2UuZ2F0ZXdheS52MS5QdXNoTWVzc2FnZUgAEigKA2FjaxgNIAEoCzIZLnJlc29uYW5jZS5nYXRld2F5LnYxLkFja0gAEi4KBmdvYXdheRgOIAEoCzIcLnJlc29uYW5jZS5nYXRld2F5LnYxLkdvYXdheUgAQgkKB3BheWxvYWQiBwoFUHVsc2UifwoLQ2hhdFJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgDIAEoCRIVCg1mcm9tX3VzZXJuYW1lGAQgASgJEhMKC3RvX3VzZXJuYW1lGAUgASgJEg8KB2NvbnRlbnQYBiABKAkSDAoEdHlwZRgHIAEoCRIRCgl0aW1lc3RhbXAYCCABKAMi2AEKC1B1c2hNZXNzYWdlEg4KBm1zZ19pZBgBIAEoAxIOCgZzZXFfaWQYAiABKAMSEgoKc2Vzc2lvbl9pZBgDIAEoCRIVCg1mcm9tX3VzZXJuYW1lGAQgASgJEhMKC3RvX3VzZXJuYW1lGAUgASgJEg8KB2NvbnRlbnQYBiABKAkSDAoEdHlwZRgHIAEoCRIRCgl0aW1lc3RhbXAYCCABKAMSNwoMc2Vzc2lvbl9tZXRhGAogASgLMiEucmVzb25hbmNlLmdhdGV3YXkudjEuU2Vzc2lvbk1ldGEiKQoLU2Vzc2lvbk1ldGESDAoEbmFtZRgBIAEoCRIMCgR0eXBlGAIgASgFIm0KA0FjaxIPCgdyZWZfc2VxGAEgASgJEg4KBm1zZ19pZBgCIAEoAxIOCgZzZXFfaWQYAyABKAMSEgoKc2Vzc2lvbl9pZBgEIAEoCRINCgVlcnJvchgFIAEoCRISCgplcnJvcl9jb2RlGAYgASgJIjQKBkdvYXdheRIaChJyZWNvbm5lY3RfYWZ0ZXJfbXMYASABKAMSDgoGcmVhc29uGAIgASgJIkUKEFB1c2hCYXRjaFJlcXVlc3QSMQoGcHVzaGVzGAEgAygLMiEucmVzb25hbmNlLmdhdGV3YXkudjEuUHVzaFJlcXVlc3QiSAoRUHVzaEJhdGNoUmVzcG9uc2USMwoHcmVzdWx0cxgBIAMoCzIiLnJlc29uYW5jZS5nYXRld2F5LnYxLlB1c2hSZXNwb25zZSJXCgtQdXNoUmVxdWVzdBIUCgx0b191c2VybmFtZXMYASADKAkSMgoHbWVzc2FnZRgCIAEoCzIhLnJlc29uYW5jZS5nYXRld2F5LnYxLlB1c2hNZXNzYWdlIkcKDFB1c2hSZXNwb25zZRIOCgZtc2dfaWQYASABKAMSDQoFZXJyb3IYAiABKAkSGAoQZmFpbGVkX3VzZXJuYW1lcxgDIAMoCSIoChBMb2dvdXRBbGxSZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSIkChFMb2dvdXRBbGxSZXNwb25zZRIPCgdzdWNjZXNzGAEgASgIIjkKDVJldm9rZVJlcXVlc3QSFQoNYWNjZXNzX3Rva2VucxgBIAMoCRIRCgl1c2VybmFtZXMYAiADKAkiIAoOUmV2b2tlUmVzcG9uc2USDgoGY2xvc2VkGAEgASgFMu0CCgtBdXRoU2VydmljZRJQCgVMb2dpbhIiLnJlc29uYW5jZS5nYXRld2F5LnYxLkxvZ2luUmVxdWVzdBojLnJlc29uYW5jZS5nYXRld2F5LnYxLkxvZ2luUmVzcG9uc2USWQoIUmVnaXN0ZXISJS5yZXNvbmFuY2UuZ2F0ZXdheS52MS5SZWdpc3RlclJlcXVlc3QaJi5yZXNvbmFuY2UuZ2F0ZXdheS52MS5SZWdpc3RlclJlc3BvbnNlElMKBkxvZ291dBIjLnJlc29uYW5jZS5nYXRld2F5LnYxLkxvZ291dFJlcXVlc3QaJC5yZXNvbmFuY2UuZ2F0ZXdheS52MS5Mb2dvdXRSZXNwb25zZRJcCglMb2dvdXRBbGwSJi5yZXNvbmFuY2UuZ2F0ZXdheS52MS5Mb2dvdXRBbGxSZXF1ZXN0GicucmVzb25hbmNlLmdhdGV3YXkudjEuTG9nb3V0QWxsUmVzcG9uc2UylAYKDlNlc3Npb25TZXJ2aWNlEmsKDkdldFNlc3Npb25MaXN0EisucmVzb25hbmNlLmdhdGV3YXkudjEuR2V0U2Vzc2lvbkxpc3RSZXF1ZXN0GiwucmVzb25hbmNlLmdhdGV3YXkudjEuR2V0U2Vzc2lvbkxpc3RSZXNwb25zZRJoCg1DcmVhdGVTZXNzaW9uEioucmVzb25hbmNlLmdhdGV3YXkudjEuQ3JlYXRlU2Vzc2lvblJlcXVlc3QaKy5yZXNvbmFuY2UuZ2F0ZXdheS52MS5DcmVhdGVTZXNzaW9uUmVzcG9uc2USdwoSR2V0SGlzdG9yeU1lc3NhZ2VzEi8ucmVzb25hbmNlLmdhdGV3YXkudjEuR2V0SGlzdG9yeU1lc3NhZ2VzUmVxdWVzdBowLnJlc29uYW5jZS5nYXRld2F5LnYxLkdldEhpc3RvcnlNZXNzYWdlc1Jlc3BvbnNlEmsKDkdldENvbnRhY3RMaXN0EisucmVzb25hbmNlLmdhdGV3YXkudjEuR2V0Q29udGFjdExpc3RSZXF1ZXN0GiwucmVzb25hbmNlLmdhdGV3YXkudjEuR2V0Q29udGFjdExpc3RSZXNwb25zZRJfCgpTZWFyY2hVc2VyEicucmVzb25hbmNlLmdhdGV3YXkudjEuU2VhcmNoVXNlclJlcXVlc3QaKC5yZXNvbmFuY2UuZ2F0ZXdheS52MS5TZWFyY2hVc2VyUmVzcG9uc2USdwoSVXBkYXRlUmVhZFBvc2l0aW9uEi8ucmVzb25hbmNlLmdhdGV3YXkudjEuVXBkYXRlUmVhZFBvc2l0aW9uUmVxdWVzdBowLnJlc29uYW5jZS5nYXRld2F5LnYxLlVwZGF0ZVJlYWRQb3NpdGlvblJlc3BvbnNlEmsKDlB1bGxJbmJveERlbHRhEisucmVzb25hbmNlLmdhdGV3YXkudjEuUHVsbEluYm94RGVsdGFSZXF1ZXN0GiwucmVzb25hbmNlLmdhdGV3YXkudjEuUHVsbEluYm94RGVsdGFSZXNwb25zZTKPAgoLUHVzaFNlcnZpY2USTQoEUHVzaBIhLnJlc29uYW5jZS5nYXRld2F5LnYxLlB1c2hSZXF1ZXN0GiIucmVzb25hbmNlLmdhdGV3YXkudjEuUHVzaFJlc3BvbnNlElwKCVB1c2hCYXRjaBImLnJlc29uYW5jZS5nYXRld2F5LnYxLlB1c2hCYXRjaFJlcXVlc3QaJy5yZXNvbmFuY2UuZ2F0ZXdheS52MS5QdXNoQmF0Y2hSZXNwb25zZRJTCgZSZXZva2USIy5yZXNvbmFuY2UuZ2F0ZXdheS52MS5SZXZva2VSZXF1ZXN0GiQucmVzb25hbmNlLmdhdGV3YXkudjEuUmV2b2tlUmVzcG9uc2ViBnByb3RvMw", [file_resonance_common_v1_common]);
+  fileDesc("CiJyZXNvbmFuY2UvZ2F0ZXdheS92MS9nYXRld2F5LnByb3RvEhRyZXNvbmFuY2UuZ2F0ZXdheS52MSIyCgxMb2dpblJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkiTgoNTG9naW5SZXNwb25zZRIUCgxhY2Nlc3NfdG9rZW4YASABKAkSJwoEdXNlchgCIAEoCzIZLnJlc29uYW5jZS5jb21tb24udjEuVXNlciJHCg9SZWdpc3RlclJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSEAoIbmlja25hbWUYAyABKAkiUQoQUmVnaXN0ZXJSZXNwb25zZRIUCgxhY2Nlc3NfdG9rZW4YASABKAkSJwoEdXNlchgCIAEoCzIZLnJlc29uYW5jZS5jb21tb24udjEuVXNlciIlCg1Mb2dvdXRSZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSIhCg5Mb2dvdXRSZXNwb25zZRIPCgdzdWNjZXNzGAEgASgIIjAKClNlc3Npb25TZXESEgoKc2Vzc2lvbl9pZBgBIAEoCRIOCgZzZXFfaWQYAiABKAMiXAoTU3luY1Nlc3Npb25zUmVxdWVzdBIUCgxhY2Nlc3NfdG9rZW4YASABKAkSLwoFa25vd24YAiADKAsyIC5yZXNvbmFuY2UuZ2F0ZXdheS52MS5TZXNzaW9uU2VxIkkKDE1vdmVkU2Vzc2lvbhISCgpzZXNzaW9uX2lkGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoAxISCgptYXhfc2VxX2lkGAMgASgDIkkKFFN5bmNTZXNzaW9uc1Jlc3BvbnNlEjEKBW1vdmVkGAEgAygLMiIucmVzb25hbmNlLmdhdGV3YXkudjEuTW92ZWRTZXNzaW9uItoBCgtTZXNzaW9uSW5mbxISCgpzZXNzaW9uX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSDAoEdHlwZRgDIAEoBRISCgphdmF0YXJfdXJsGAQgASgJEhQKDHVucmVhZF9jb3VudBgFIAEoAxIVCg1sYXN0X3JlYWRfc2VxGAYgASgDEjcKDGxhc3RfbWVzc2FnZRgHIAEoCzIhLnJlc29uYW5jZS5nYXRld2F5LnYxLlB1c2hNZXNzYWdlEhIKCm1heF9zZXFfaWQYCCABKAMSDQoFbGFyZ2UYCSABKAgiRQoLQ29udGFjdEluZm8SEAoIdXNlcm5hbWUYASABKAkSEAoIbmlja25hbWUYAiABKAkSEgoKYXZhdGFyX3VybBgDIAEoCSJSCgpJbmJveEV2ZW50EhAKCGluYm94X2lkGAEgASgDEjIKB21lc3NhZ2UYAiABKAsyIS5yZXNvbmFuY2UuZ2F0ZXdheS52MS5QdXNoTWVzc2FnZSItChVHZXRTZXNzaW9uTGlzdFJlcXVlc3QSFAoMYWNjZXNzX3Rva2VuGAEgASgJIk0KFkdldFNlc3Npb25MaXN0UmVzcG9uc2USMwoIc2Vzc2lvbnMYASADKAsyIS5yZXNvbmFuY2UuZ2F0ZXdheS52MS5TZXNzaW9uSW5mbyJZChRDcmVhdGVTZXNzaW9uUmVxdWVzdBIUCgxhY2Nlc3NfdG9rZW4YASABKAkSDwoHbWVtYmVycxgCIAMoCRIMCgRuYW1lGAMgASgJEgwKBHR5cGUYBCABKAUiKwoVQ3JlYXRlU2Vzc2lvblJlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkijgEKGUdldEhpc3RvcnlNZXNzYWdlc1JlcXVlc3QSFAoMYWNjZXNzX3Rva2VuGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDQoFbGltaXQYAyABKAMSEgoKYmVmb3JlX3NlcRgEIAEoAxIWCglhZnRlcl9zZXEYBSABKANIAIgBAUIMCgpfYWZ0ZXJfc2VxIlEKGkdldEhpc3RvcnlNZXNzYWdlc1Jlc3BvbnNlEjMKCG1lc3NhZ2VzGAEgAygLMiEucmVzb25hbmNlLmdhdGV3YXkudjEuUHVzaE1lc3NhZ2UiLQoVR2V0Q29udGFjdExpc3RSZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSJNChZHZXRDb250YWN0TGlzdFJlc3BvbnNlEjMKCGNvbnRhY3RzGAEgAygLMiEucmVzb25hbmNlLmdhdGV3YXkudjEuQ29udGFjdEluZm8iOAoRU2VhcmNoVXNlclJlcXVlc3QSFAoMYWNjZXNzX3Rva2VuGAEgASgJEg0KBXF1ZXJ5GAIgASgJIkYKElNlYXJjaFVzZXJSZXNwb25zZRIwCgV1c2VycxgBIAMoCzIhLnJlc29uYW5jZS5nYXRld2F5LnYxLkNvbnRhY3RJbmZvIlUKGVVwZGF0ZVJlYWRQb3NpdGlvblJlcXVlc3QSFAoMYWNjZXNzX3Rva2VuGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDgoGc2VxX2lkGAMgASgDIjIKGlVwZGF0ZVJlYWRQb3NpdGlvblJlc3BvbnNlEhQKDHVucmVhZF9jb3VudBgBIAEoAyJPChVQdWxsSW5ib3hEZWx0YVJlcXVlc3QSFAoMYWNjZXNzX3Rva2VuGAEgASgJEhEKCWN1cnNvcl9pZBgCIAEoAxINCgVsaW1pdBgDIAEoAyJ0ChZQdWxsSW5ib3hEZWx0YVJlc3BvbnNlEjAKBmV2ZW50cxgBIAMoCzIgLnJlc29uYW5jZS5nYXRld2F5LnYxLkluYm94RXZlbnQSFgoObmV4dF9jdXJzb3JfaWQYAiABKAMSEAoIaGFzX21vcmUYAyABKAgikAIKCFdzUGFja2V0EgsKA3NlcRgBIAEoCRIsCgVwdWxzZRgKIAEoCzIbLnJlc29uYW5jZS5nYXRld2F5LnYxLlB1bHNlSAASMQoEY2hhdBgLIAEoCzIhLnJlc29uYW5jZS5nYXRld2F5LnYxLkNoYXRSZXF1ZXN0SAASMQoEcHVzaBgMIAEoCzIhLnJlc29uYW5jZS5nYXRld2F5LnYxLlB1c2hNZXNzYWdlSAASKAoDYWNrGA0gASgLMhkucmVzb25hbmNlLmdhdGV3YXkudjEuQWNrSAASLgoGZ29hd2F5GA4gASgLMhwucmVzb25hbmNlLmdhdGV3YXkudjEuR29hd2F5SABCCQoHcGF5bG9hZCIHCgVQdWxzZSJ/CgtDaGF0UmVxdWVzdBISCgpzZXNzaW9uX2lkGAMgASgJEhUKDWZyb21fdXNlcm5hbWUYBCABKAkSEwoLdG9fdXNlcm5hbWUYBSABKAkSDwoHY29udGVudBgGIAEoCRIMCgR0eXBlGAcgASgJEhEKCXRpbWVzdGFtcBgIIAEoAyLYAQoLUHVzaE1lc3NhZ2USDgoGbXNnX2lkGAEgASgDEg4KBnNlcV9pZBgCIAEoAxISCgpzZXNzaW9uX2lkGAMgASgJEhUKDWZyb21fdXNlcm5hbWUYBCABKAkSEwoLdG9fdXNlcm5hbWUYBSABKAkSDwoHY29udGVudBgGIAEoCRIMCgR0eXBlGAcgASgJEhEKCXRpbWVzdGFtcBgIIAEoAxI3CgxzZXNzaW9uX21ldGEYCiABKAsyIS5yZXNvbmFuY2UuZ2F0ZXdheS52MS5TZXNzaW9uTWV0YSIpCgtTZXNzaW9uTWV0YRIMCgRuYW1lGAEgASgJEgwKBHR5cGUYAiABKAUibQoDQWNrEg8KB3JlZl9zZXEYASABKAkSDgoGbXNnX2lkGAIgASgDEg4KBnNlcV9pZBgDIAEoAxISCgpzZXNzaW9uX2lkGAQgASgJEg0KBWVycm9yGAUgASgJEhIKCmVycm9yX2NvZGUYBiABKAkiNAoGR29hd2F5EhoKEnJlY29ubmVjdF9hZnRlcl9tcxgBIAEoAxIOCgZyZWFzb24YAiABKAkiRQoQUHVzaEJhdGNoUmVxdWVzdBIxCgZwdXNoZXMYASADKAsyIS5yZXNvbmFuY2UuZ2F0ZXdheS52MS5QdXNoUmVxdWVzdCJIChFQdXNoQmF0Y2hSZXNwb25zZRIzCgdyZXN1bHRzGAEgAygLMiIucmVzb25hbmNlLmdhdGV3YXkudjEuUHVzaFJlc3BvbnNlInMKC1B1c2hSZXF1ZXN0EhQKDHRvX3VzZXJuYW1lcxgBIAMoCRIyCgdtZXNzYWdlGAIgASgLMiEucmVzb25hbmNlLmdhdGV3YXkudjEuUHVzaE1lc3NhZ2USGgoSdG9fc2Vzc2lvbl9tZW1iZXJzGAMgASgIIkcKDFB1c2hSZXNwb25zZRIOCgZtc2dfaWQYASABKAMSDQoFZXJyb3IYAiABKAkSGAoQZmFpbGVkX3VzZXJuYW1lcxgDIAMoCSIoChBMb2dvdXRBbGxSZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSIkChFMb2dvdXRBbGxSZXNwb25zZRIPCgdzdWNjZXNzGAEgASgIIjkKDVJldm9rZVJlcXVlc3QSFQoNYWNjZXNzX3Rva2VucxgBIAMoCRIRCgl1c2VybmFtZXMYAiADKAkiIAoOUmV2b2tlUmVzcG9uc2USDgoGY2xvc2VkGAEgASgFMu0CCgtBdXRoU2VydmljZRJQCgVMb2dpbhIiLnJlc29uYW5jZS5nYXRld2F5LnYxLkxvZ2luUmVxdWVzdBojLnJlc29uYW5jZS5nYXRld2F5LnYxLkxvZ2luUmVzcG9uc2USWQoIUmVnaXN0ZXISJS5yZXNvbmFuY2UuZ2F0ZXdheS52MS5SZWdpc3RlclJlcXVlc3QaJi5yZXNvbmFuY2UuZ2F0ZXdheS52MS5SZWdpc3RlclJlc3BvbnNlElMKBkxvZ291dBIjLnJlc29uYW5jZS5nYXRld2F5LnYxLkxvZ291dFJlcXVlc3QaJC5yZXNvbmFuY2UuZ2F0ZXdheS52MS5Mb2dvdXRSZXNwb25zZRJcCglMb2dvdXRBbGwSJi5yZXNvbmFuY2UuZ2F0ZXdheS52MS5Mb2dvdXRBbGxSZXF1ZXN0GicucmVzb25hbmNlLmdhdGV3YXkudjEuTG9nb3V0QWxsUmVzcG9uc2Uy+wYKDlNlc3Npb25TZXJ2aWNlEmsKDkdldFNlc3Npb25MaXN0EisucmVzb25hbmNlLmdhdGV3YXkudjEuR2V0U2Vzc2lvbkxpc3RSZXF1ZXN0GiwucmVzb25hbmNlLmdhdGV3YXkudjEuR2V0U2Vzc2lvbkxpc3RSZXNwb25zZRJoCg1DcmVhdGVTZXNzaW9uEioucmVzb25hbmNlLmdhdGV3YXkudjEuQ3JlYXRlU2Vzc2lvblJlcXVlc3QaKy5yZXNvbmFuY2UuZ2F0ZXdheS52MS5DcmVhdGVTZXNzaW9uUmVzcG9uc2USdwoSR2V0SGlzdG9yeU1lc3NhZ2VzEi8ucmVzb25hbmNlLmdhdGV3YXkudjEuR2V0SGlzdG9yeU1lc3NhZ2VzUmVxdWVzdBowLnJlc29uYW5jZS5nYXRld2F5LnYxLkdldEhpc3RvcnlNZXNzYWdlc1Jlc3BvbnNlEmsKDkdldENvbnRhY3RMaXN0EisucmVzb25hbmNlLmdhdGV3YXkudjEuR2V0Q29udGFjdExpc3RSZXF1ZXN0GiwucmVzb25hbmNlLmdhdGV3YXkudjEuR2V0Q29udGFjdExpc3RSZXNwb25zZRJfCgpTZWFyY2hVc2VyEicucmVzb25hbmNlLmdhdGV3YXkudjEuU2VhcmNoVXNlclJlcXVlc3QaKC5yZXNvbmFuY2UuZ2F0ZXdheS52MS5TZWFyY2hVc2VyUmVzcG9uc2USdwoSVXBkYXRlUmVhZFBvc2l0aW9uEi8ucmVzb25hbmNlLmdhdGV3YXkudjEuVXBkYXRlUmVhZFBvc2l0aW9uUmVxdWVzdBowLnJlc29uYW5jZS5nYXRld2F5LnYxLlVwZGF0ZVJlYWRQb3NpdGlvblJlc3BvbnNlEmsKDlB1bGxJbmJveERlbHRhEisucmVzb25hbmNlLmdhdGV3YXkudjEuUHVsbEluYm94RGVsdGFSZXF1ZXN0GiwucmVzb25hbmNlLmdhdGV3YXkudjEuUHVsbEluYm94RGVsdGFSZXNwb25zZRJlCgxTeW5jU2Vzc2lvbnMSKS5yZXNvbmFuY2UuZ2F0ZXdheS52MS5TeW5jU2Vzc2lvbnNSZXF1ZXN0GioucmVzb25hbmNlLmdhdGV3YXkudjEuU3luY1Nlc3Npb25zUmVzcG9uc2UyjwIKC1B1c2hTZXJ2aWNlEk0KBFB1c2gSIS5yZXNvbmFuY2UuZ2F0ZXdheS52MS5QdXNoUmVxdWVzdBoiLnJlc29uYW5jZS5nYXRld2F5LnYxLlB1c2hSZXNwb25zZRJcCglQdXNoQmF0Y2gSJi5yZXNvbmFuY2UuZ2F0ZXdheS52MS5QdXNoQmF0Y2hSZXF1ZXN0GicucmVzb25hbmNlLmdhdGV3YXkudjEuUHVzaEJhdGNoUmVzcG9uc2USUwoGUmV2b2tlEiMucmVzb25hbmNlLmdhdGV3YXkudjEuUmV2b2tlUmVxdWVzdBokLnJlc29uYW5jZS5nYXRld2F5LnYxLlJldm9rZVJlc3BvbnNlYgZwcm90bzM", [file_resonance_common_v1_common]);
 
 /**
  * @generated from message resonance.gateway.v1.LoginRequest
@@ -145,6 +145,101 @@ export const LogoutResponseSchema: GenMessage<LogoutResponse> = /*@__PURE__*/
   messageDesc(file_resonance_gateway_v1_gateway, 5);
 
 /**
+ * @generated from message resonance.gateway.v1.SessionSeq
+ */
+export type SessionSeq = Message<"resonance.gateway.v1.SessionSeq"> & {
+  /**
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * @generated from field: int64 seq_id = 2;
+   */
+  seqId: bigint;
+};
+
+/**
+ * Describes the message resonance.gateway.v1.SessionSeq.
+ * Use `create(SessionSeqSchema)` to create a new message.
+ */
+export const SessionSeqSchema: GenMessage<SessionSeq> = /*@__PURE__*/
+  messageDesc(file_resonance_gateway_v1_gateway, 6);
+
+/**
+ * @generated from message resonance.gateway.v1.SyncSessionsRequest
+ */
+export type SyncSessionsRequest = Message<"resonance.gateway.v1.SyncSessionsRequest"> & {
+  /**
+   * @generated from field: string access_token = 1;
+   */
+  accessToken: string;
+
+  /**
+   * The highest seq the client has of each session it knows (at most 1,000 entries).
+   *
+   * @generated from field: repeated resonance.gateway.v1.SessionSeq known = 2;
+   */
+  known: SessionSeq[];
+};
+
+/**
+ * Describes the message resonance.gateway.v1.SyncSessionsRequest.
+ * Use `create(SyncSessionsRequestSchema)` to create a new message.
+ */
+export const SyncSessionsRequestSchema: GenMessage<SyncSessionsRequest> = /*@__PURE__*/
+  messageDesc(file_resonance_gateway_v1_gateway, 7);
+
+/**
+ * @generated from message resonance.gateway.v1.MovedSession
+ */
+export type MovedSession = Message<"resonance.gateway.v1.MovedSession"> & {
+  /**
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * Fetch messages after this seq (GetHistoryMessages after_seq): the client's known seq, or,
+   * for a session it did not list, the caller's read position.
+   *
+   * @generated from field: int64 after_seq = 2;
+   */
+  afterSeq: bigint;
+
+  /**
+   * @generated from field: int64 max_seq_id = 3;
+   */
+  maxSeqId: bigint;
+};
+
+/**
+ * Describes the message resonance.gateway.v1.MovedSession.
+ * Use `create(MovedSessionSchema)` to create a new message.
+ */
+export const MovedSessionSchema: GenMessage<MovedSession> = /*@__PURE__*/
+  messageDesc(file_resonance_gateway_v1_gateway, 8);
+
+/**
+ * @generated from message resonance.gateway.v1.SyncSessionsResponse
+ */
+export type SyncSessionsResponse = Message<"resonance.gateway.v1.SyncSessionsResponse"> & {
+  /**
+   * Only large sessions of the caller whose max_seq_id is past after_seq.
+   *
+   * @generated from field: repeated resonance.gateway.v1.MovedSession moved = 1;
+   */
+  moved: MovedSession[];
+};
+
+/**
+ * Describes the message resonance.gateway.v1.SyncSessionsResponse.
+ * Use `create(SyncSessionsResponseSchema)` to create a new message.
+ */
+export const SyncSessionsResponseSchema: GenMessage<SyncSessionsResponse> = /*@__PURE__*/
+  messageDesc(file_resonance_gateway_v1_gateway, 9);
+
+/**
  * @generated from message resonance.gateway.v1.SessionInfo
  */
 export type SessionInfo = Message<"resonance.gateway.v1.SessionInfo"> & {
@@ -182,6 +277,19 @@ export type SessionInfo = Message<"resonance.gateway.v1.SessionInfo"> & {
    * @generated from field: resonance.gateway.v1.PushMessage last_message = 7;
    */
   lastMessage?: PushMessage | undefined;
+
+  /**
+   * New: the session's last seq, and whether it is large (more members than
+   * RESONANCE_INBOX_FANOUT_LIMIT: its messages get no inbox rows; catch them up by seq).
+   *
+   * @generated from field: int64 max_seq_id = 8;
+   */
+  maxSeqId: bigint;
+
+  /**
+   * @generated from field: bool large = 9;
+   */
+  large: boolean;
 };
 
 /**
@@ -189,7 +297,7 @@ export type SessionInfo = Message<"resonance.gateway.v1.SessionInfo"> & {
  * Use `create(SessionInfoSchema)` to create a new message.
  */
 export const SessionInfoSchema: GenMessage<SessionInfo> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 6);
+  messageDesc(file_resonance_gateway_v1_gateway, 10);
 
 /**
  * @generated from message resonance.gateway.v1.ContactInfo
@@ -216,7 +324,7 @@ export type ContactInfo = Message<"resonance.gateway.v1.ContactInfo"> & {
  * Use `create(ContactInfoSchema)` to create a new message.
  */
 export const ContactInfoSchema: GenMessage<ContactInfo> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 7);
+  messageDesc(file_resonance_gateway_v1_gateway, 11);
 
 /**
  * @generated from message resonance.gateway.v1.InboxEvent
@@ -238,7 +346,7 @@ export type InboxEvent = Message<"resonance.gateway.v1.InboxEvent"> & {
  * Use `create(InboxEventSchema)` to create a new message.
  */
 export const InboxEventSchema: GenMessage<InboxEvent> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 8);
+  messageDesc(file_resonance_gateway_v1_gateway, 12);
 
 /**
  * @generated from message resonance.gateway.v1.GetSessionListRequest
@@ -255,7 +363,7 @@ export type GetSessionListRequest = Message<"resonance.gateway.v1.GetSessionList
  * Use `create(GetSessionListRequestSchema)` to create a new message.
  */
 export const GetSessionListRequestSchema: GenMessage<GetSessionListRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 9);
+  messageDesc(file_resonance_gateway_v1_gateway, 13);
 
 /**
  * @generated from message resonance.gateway.v1.GetSessionListResponse
@@ -272,7 +380,7 @@ export type GetSessionListResponse = Message<"resonance.gateway.v1.GetSessionLis
  * Use `create(GetSessionListResponseSchema)` to create a new message.
  */
 export const GetSessionListResponseSchema: GenMessage<GetSessionListResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 10);
+  messageDesc(file_resonance_gateway_v1_gateway, 14);
 
 /**
  * @generated from message resonance.gateway.v1.CreateSessionRequest
@@ -304,7 +412,7 @@ export type CreateSessionRequest = Message<"resonance.gateway.v1.CreateSessionRe
  * Use `create(CreateSessionRequestSchema)` to create a new message.
  */
 export const CreateSessionRequestSchema: GenMessage<CreateSessionRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 11);
+  messageDesc(file_resonance_gateway_v1_gateway, 15);
 
 /**
  * @generated from message resonance.gateway.v1.CreateSessionResponse
@@ -321,7 +429,7 @@ export type CreateSessionResponse = Message<"resonance.gateway.v1.CreateSessionR
  * Use `create(CreateSessionResponseSchema)` to create a new message.
  */
 export const CreateSessionResponseSchema: GenMessage<CreateSessionResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 12);
+  messageDesc(file_resonance_gateway_v1_gateway, 16);
 
 /**
  * @generated from message resonance.gateway.v1.GetHistoryMessagesRequest
@@ -346,6 +454,14 @@ export type GetHistoryMessagesRequest = Message<"resonance.gateway.v1.GetHistory
    * @generated from field: int64 before_seq = 4;
    */
   beforeSeq: bigint;
+
+  /**
+   * New: when present, the oldest `limit` messages after this seq, ascending (catch-up by seq;
+   * 0 = from the first message). Not together with before_seq.
+   *
+   * @generated from field: optional int64 after_seq = 5;
+   */
+  afterSeq?: bigint | undefined;
 };
 
 /**
@@ -353,7 +469,7 @@ export type GetHistoryMessagesRequest = Message<"resonance.gateway.v1.GetHistory
  * Use `create(GetHistoryMessagesRequestSchema)` to create a new message.
  */
 export const GetHistoryMessagesRequestSchema: GenMessage<GetHistoryMessagesRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 13);
+  messageDesc(file_resonance_gateway_v1_gateway, 17);
 
 /**
  * @generated from message resonance.gateway.v1.GetHistoryMessagesResponse
@@ -370,7 +486,7 @@ export type GetHistoryMessagesResponse = Message<"resonance.gateway.v1.GetHistor
  * Use `create(GetHistoryMessagesResponseSchema)` to create a new message.
  */
 export const GetHistoryMessagesResponseSchema: GenMessage<GetHistoryMessagesResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 14);
+  messageDesc(file_resonance_gateway_v1_gateway, 18);
 
 /**
  * @generated from message resonance.gateway.v1.GetContactListRequest
@@ -387,7 +503,7 @@ export type GetContactListRequest = Message<"resonance.gateway.v1.GetContactList
  * Use `create(GetContactListRequestSchema)` to create a new message.
  */
 export const GetContactListRequestSchema: GenMessage<GetContactListRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 15);
+  messageDesc(file_resonance_gateway_v1_gateway, 19);
 
 /**
  * @generated from message resonance.gateway.v1.GetContactListResponse
@@ -404,7 +520,7 @@ export type GetContactListResponse = Message<"resonance.gateway.v1.GetContactLis
  * Use `create(GetContactListResponseSchema)` to create a new message.
  */
 export const GetContactListResponseSchema: GenMessage<GetContactListResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 16);
+  messageDesc(file_resonance_gateway_v1_gateway, 20);
 
 /**
  * @generated from message resonance.gateway.v1.SearchUserRequest
@@ -426,7 +542,7 @@ export type SearchUserRequest = Message<"resonance.gateway.v1.SearchUserRequest"
  * Use `create(SearchUserRequestSchema)` to create a new message.
  */
 export const SearchUserRequestSchema: GenMessage<SearchUserRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 17);
+  messageDesc(file_resonance_gateway_v1_gateway, 21);
 
 /**
  * @generated from message resonance.gateway.v1.SearchUserResponse
@@ -443,7 +559,7 @@ export type SearchUserResponse = Message<"resonance.gateway.v1.SearchUserRespons
  * Use `create(SearchUserResponseSchema)` to create a new message.
  */
 export const SearchUserResponseSchema: GenMessage<SearchUserResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 18);
+  messageDesc(file_resonance_gateway_v1_gateway, 22);
 
 /**
  * @generated from message resonance.gateway.v1.UpdateReadPositionRequest
@@ -470,7 +586,7 @@ export type UpdateReadPositionRequest = Message<"resonance.gateway.v1.UpdateRead
  * Use `create(UpdateReadPositionRequestSchema)` to create a new message.
  */
 export const UpdateReadPositionRequestSchema: GenMessage<UpdateReadPositionRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 19);
+  messageDesc(file_resonance_gateway_v1_gateway, 23);
 
 /**
  * @generated from message resonance.gateway.v1.UpdateReadPositionResponse
@@ -487,7 +603,7 @@ export type UpdateReadPositionResponse = Message<"resonance.gateway.v1.UpdateRea
  * Use `create(UpdateReadPositionResponseSchema)` to create a new message.
  */
 export const UpdateReadPositionResponseSchema: GenMessage<UpdateReadPositionResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 20);
+  messageDesc(file_resonance_gateway_v1_gateway, 24);
 
 /**
  * @generated from message resonance.gateway.v1.PullInboxDeltaRequest
@@ -514,7 +630,7 @@ export type PullInboxDeltaRequest = Message<"resonance.gateway.v1.PullInboxDelta
  * Use `create(PullInboxDeltaRequestSchema)` to create a new message.
  */
 export const PullInboxDeltaRequestSchema: GenMessage<PullInboxDeltaRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 21);
+  messageDesc(file_resonance_gateway_v1_gateway, 25);
 
 /**
  * @generated from message resonance.gateway.v1.PullInboxDeltaResponse
@@ -541,7 +657,7 @@ export type PullInboxDeltaResponse = Message<"resonance.gateway.v1.PullInboxDelt
  * Use `create(PullInboxDeltaResponseSchema)` to create a new message.
  */
 export const PullInboxDeltaResponseSchema: GenMessage<PullInboxDeltaResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 22);
+  messageDesc(file_resonance_gateway_v1_gateway, 26);
 
 /**
  * One WebSocket binary frame.
@@ -595,7 +711,7 @@ export type WsPacket = Message<"resonance.gateway.v1.WsPacket"> & {
  * Use `create(WsPacketSchema)` to create a new message.
  */
 export const WsPacketSchema: GenMessage<WsPacket> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 23);
+  messageDesc(file_resonance_gateway_v1_gateway, 27);
 
 /**
  * @generated from message resonance.gateway.v1.Pulse
@@ -608,7 +724,7 @@ export type Pulse = Message<"resonance.gateway.v1.Pulse"> & {
  * Use `create(PulseSchema)` to create a new message.
  */
 export const PulseSchema: GenMessage<Pulse> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 24);
+  messageDesc(file_resonance_gateway_v1_gateway, 28);
 
 /**
  * @generated from message resonance.gateway.v1.ChatRequest
@@ -650,7 +766,7 @@ export type ChatRequest = Message<"resonance.gateway.v1.ChatRequest"> & {
  * Use `create(ChatRequestSchema)` to create a new message.
  */
 export const ChatRequestSchema: GenMessage<ChatRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 25);
+  messageDesc(file_resonance_gateway_v1_gateway, 29);
 
 /**
  * @generated from message resonance.gateway.v1.PushMessage
@@ -707,7 +823,7 @@ export type PushMessage = Message<"resonance.gateway.v1.PushMessage"> & {
  * Use `create(PushMessageSchema)` to create a new message.
  */
 export const PushMessageSchema: GenMessage<PushMessage> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 26);
+  messageDesc(file_resonance_gateway_v1_gateway, 30);
 
 /**
  * @generated from message resonance.gateway.v1.SessionMeta
@@ -729,7 +845,7 @@ export type SessionMeta = Message<"resonance.gateway.v1.SessionMeta"> & {
  * Use `create(SessionMetaSchema)` to create a new message.
  */
 export const SessionMetaSchema: GenMessage<SessionMeta> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 27);
+  messageDesc(file_resonance_gateway_v1_gateway, 31);
 
 /**
  * @generated from message resonance.gateway.v1.Ack
@@ -773,7 +889,7 @@ export type Ack = Message<"resonance.gateway.v1.Ack"> & {
  * Use `create(AckSchema)` to create a new message.
  */
 export const AckSchema: GenMessage<Ack> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 28);
+  messageDesc(file_resonance_gateway_v1_gateway, 32);
 
 /**
  * Sent right before a shutdown close (1001).
@@ -797,7 +913,7 @@ export type Goaway = Message<"resonance.gateway.v1.Goaway"> & {
  * Use `create(GoawaySchema)` to create a new message.
  */
 export const GoawaySchema: GenMessage<Goaway> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 29);
+  messageDesc(file_resonance_gateway_v1_gateway, 33);
 
 /**
  * @generated from message resonance.gateway.v1.PushBatchRequest
@@ -814,7 +930,7 @@ export type PushBatchRequest = Message<"resonance.gateway.v1.PushBatchRequest"> 
  * Use `create(PushBatchRequestSchema)` to create a new message.
  */
 export const PushBatchRequestSchema: GenMessage<PushBatchRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 30);
+  messageDesc(file_resonance_gateway_v1_gateway, 34);
 
 /**
  * @generated from message resonance.gateway.v1.PushBatchResponse
@@ -833,7 +949,7 @@ export type PushBatchResponse = Message<"resonance.gateway.v1.PushBatchResponse"
  * Use `create(PushBatchResponseSchema)` to create a new message.
  */
 export const PushBatchResponseSchema: GenMessage<PushBatchResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 31);
+  messageDesc(file_resonance_gateway_v1_gateway, 35);
 
 /**
  * @generated from message resonance.gateway.v1.PushRequest
@@ -848,6 +964,14 @@ export type PushRequest = Message<"resonance.gateway.v1.PushRequest"> & {
    * @generated from field: resonance.gateway.v1.PushMessage message = 2;
    */
   message?: PushMessage | undefined;
+
+  /**
+   * New: push to this gateway's connections of every member of message.session_id (a large
+   * session: the task sends it once to every gateway); to_usernames is then empty.
+   *
+   * @generated from field: bool to_session_members = 3;
+   */
+  toSessionMembers: boolean;
 };
 
 /**
@@ -855,7 +979,7 @@ export type PushRequest = Message<"resonance.gateway.v1.PushRequest"> & {
  * Use `create(PushRequestSchema)` to create a new message.
  */
 export const PushRequestSchema: GenMessage<PushRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 32);
+  messageDesc(file_resonance_gateway_v1_gateway, 36);
 
 /**
  * @generated from message resonance.gateway.v1.PushResponse
@@ -882,7 +1006,7 @@ export type PushResponse = Message<"resonance.gateway.v1.PushResponse"> & {
  * Use `create(PushResponseSchema)` to create a new message.
  */
 export const PushResponseSchema: GenMessage<PushResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 33);
+  messageDesc(file_resonance_gateway_v1_gateway, 37);
 
 /**
  * New (AuthService.LogoutAll): access_token is unused, like Logout's (the caller's token counts).
@@ -901,7 +1025,7 @@ export type LogoutAllRequest = Message<"resonance.gateway.v1.LogoutAllRequest"> 
  * Use `create(LogoutAllRequestSchema)` to create a new message.
  */
 export const LogoutAllRequestSchema: GenMessage<LogoutAllRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 34);
+  messageDesc(file_resonance_gateway_v1_gateway, 38);
 
 /**
  * @generated from message resonance.gateway.v1.LogoutAllResponse
@@ -918,7 +1042,7 @@ export type LogoutAllResponse = Message<"resonance.gateway.v1.LogoutAllResponse"
  * Use `create(LogoutAllResponseSchema)` to create a new message.
  */
 export const LogoutAllResponseSchema: GenMessage<LogoutAllResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 35);
+  messageDesc(file_resonance_gateway_v1_gateway, 39);
 
 /**
  * @generated from message resonance.gateway.v1.RevokeRequest
@@ -944,7 +1068,7 @@ export type RevokeRequest = Message<"resonance.gateway.v1.RevokeRequest"> & {
  * Use `create(RevokeRequestSchema)` to create a new message.
  */
 export const RevokeRequestSchema: GenMessage<RevokeRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 36);
+  messageDesc(file_resonance_gateway_v1_gateway, 40);
 
 /**
  * @generated from message resonance.gateway.v1.RevokeResponse
@@ -963,7 +1087,7 @@ export type RevokeResponse = Message<"resonance.gateway.v1.RevokeResponse"> & {
  * Use `create(RevokeResponseSchema)` to create a new message.
  */
 export const RevokeResponseSchema: GenMessage<RevokeResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_gateway_v1_gateway, 37);
+  messageDesc(file_resonance_gateway_v1_gateway, 41);
 
 /**
  * @generated from service resonance.gateway.v1.AuthService
@@ -1065,6 +1189,16 @@ export const SessionService: GenService<{
     methodKind: "unary";
     input: typeof PullInboxDeltaRequestSchema;
     output: typeof PullInboxDeltaResponseSchema;
+  },
+  /**
+   * New: the caller's large sessions that moved past the seqs it knows (catch-up without inbox rows).
+   *
+   * @generated from rpc resonance.gateway.v1.SessionService.SyncSessions
+   */
+  syncSessions: {
+    methodKind: "unary";
+    input: typeof SyncSessionsRequestSchema;
+    output: typeof SyncSessionsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_resonance_gateway_v1_gateway, 1);

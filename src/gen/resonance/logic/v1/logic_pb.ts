@@ -8,7 +8,7 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { User } from "../../common/v1/common_pb.js";
 import { file_resonance_common_v1_common } from "../../common/v1/common_pb.js";
-import type { ContactInfo, InboxEvent, PushMessage, SessionInfo } from "../../gateway/v1/gateway_pb.js";
+import type { ContactInfo, InboxEvent, MovedSession, PushMessage, SessionInfo, SessionSeq } from "../../gateway/v1/gateway_pb.js";
 import { file_resonance_gateway_v1_gateway } from "../../gateway/v1/gateway_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file resonance/logic/v1/logic.proto.
  */
 export const file_resonance_logic_v1_logic: GenFile = /*@__PURE__*/
-  fileDesc("Ch5yZXNvbmFuY2UvbG9naWMvdjEvbG9naWMucHJvdG8SEnJlc29uYW5jZS5sb2dpYy52MSIlCg1Mb2dvdXRSZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSIhCg5Mb2dvdXRSZXNwb25zZRIPCgdzdWNjZXNzGAEgASgIIjIKDExvZ2luUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIQCghwYXNzd29yZBgCIAEoCSJOCg1Mb2dpblJlc3BvbnNlEhQKDGFjY2Vzc190b2tlbhgBIAEoCRInCgR1c2VyGAIgASgLMhkucmVzb25hbmNlLmNvbW1vbi52MS5Vc2VyIkcKD1JlZ2lzdGVyUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIQCghwYXNzd29yZBgCIAEoCRIQCghuaWNrbmFtZRgDIAEoCSJRChBSZWdpc3RlclJlc3BvbnNlEhQKDGFjY2Vzc190b2tlbhgBIAEoCRInCgR1c2VyGAIgASgLMhkucmVzb25hbmNlLmNvbW1vbi52MS5Vc2VyIiwKFFZhbGlkYXRlVG9rZW5SZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSJ1ChVWYWxpZGF0ZVRva2VuUmVzcG9uc2USDQoFdmFsaWQYASABKAgSJwoEdXNlchgCIAEoCzIZLnJlc29uYW5jZS5jb21tb24udjEuVXNlchIQCgh1c2VybmFtZRgDIAEoCRISCgpleHBpcmVzX2F0GAQgASgDIikKFUdldFNlc3Npb25MaXN0UmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCSJNChZHZXRTZXNzaW9uTGlzdFJlc3BvbnNlEjMKCHNlc3Npb25zGAEgAygLMiEucmVzb25hbmNlLmdhdGV3YXkudjEuU2Vzc2lvbkluZm8iXQoUQ3JlYXRlU2Vzc2lvblJlcXVlc3QSGAoQY3JlYXRvcl91c2VybmFtZRgBIAEoCRIPCgdtZW1iZXJzGAIgAygJEgwKBG5hbWUYAyABKAkSDAoEdHlwZRgEIAEoBSIrChVDcmVhdGVTZXNzaW9uUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCSJkChlHZXRIaXN0b3J5TWVzc2FnZXNSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDQoFbGltaXQYAyABKAMSEgoKYmVmb3JlX3NlcRgEIAEoAyJRChpHZXRIaXN0b3J5TWVzc2FnZXNSZXNwb25zZRIzCghtZXNzYWdlcxgBIAMoCzIhLnJlc29uYW5jZS5nYXRld2F5LnYxLlB1c2hNZXNzYWdlIikKFUdldENvbnRhY3RMaXN0UmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCSJNChZHZXRDb250YWN0TGlzdFJlc3BvbnNlEjMKCGNvbnRhY3RzGAEgAygLMiEucmVzb25hbmNlLmdhdGV3YXkudjEuQ29udGFjdEluZm8iIgoRU2VhcmNoVXNlclJlcXVlc3QSDQoFcXVlcnkYASABKAkiRgoSU2VhcmNoVXNlclJlc3BvbnNlEjAKBXVzZXJzGAEgAygLMiEucmVzb25hbmNlLmdhdGV3YXkudjEuQ29udGFjdEluZm8iUQoZVXBkYXRlUmVhZFBvc2l0aW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBnNlcV9pZBgCIAEoAxIQCgh1c2VybmFtZRgDIAEoCSIyChpVcGRhdGVSZWFkUG9zaXRpb25SZXNwb25zZRIUCgx1bnJlYWRfY291bnQYASABKAMiSwoVUHVsbEluYm94RGVsdGFSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhEKCWN1cnNvcl9pZBgCIAEoAxINCgVsaW1pdBgDIAEoAyJ0ChZQdWxsSW5ib3hEZWx0YVJlc3BvbnNlEjAKBmV2ZW50cxgBIAMoCzIgLnJlc29uYW5jZS5nYXRld2F5LnYxLkluYm94RXZlbnQSFgoObmV4dF9jdXJzb3JfaWQYAiABKAMSEAoIaGFzX21vcmUYAyABKAgiTAoTU2VuZE1lc3NhZ2VzUmVxdWVzdBI1CgVpdGVtcxgBIAMoCzImLnJlc29uYW5jZS5sb2dpYy52MS5TZW5kTWVzc2FnZVJlcXVlc3QiTgoUU2VuZE1lc3NhZ2VzUmVzcG9uc2USNgoHcmVzdWx0cxgBIAMoCzIlLnJlc29uYW5jZS5sb2dpYy52MS5TZW5kTWVzc2FnZVJlc3VsdCJeChFTZW5kTWVzc2FnZVJlc3VsdBIOCgZtc2dfaWQYASABKAMSDgoGc2VxX2lkGAIgASgDEhIKCmVycm9yX2NvZGUYAyABKAUSFQoNZXJyb3JfbWVzc2FnZRgEIAEoCSKdAQoSU2VuZE1lc3NhZ2VSZXF1ZXN0EhIKCnNlc3Npb25faWQYAyABKAkSFQoNZnJvbV91c2VybmFtZRgEIAEoCRITCgt0b191c2VybmFtZRgFIAEoCRIPCgdjb250ZW50GAYgASgJEgwKBHR5cGUYByABKAkSEQoJdGltZXN0YW1wGAggASgDEhUKDWNsaWVudF9tc2dfaWQYCSABKAkiRAoTU2VuZE1lc3NhZ2VSZXNwb25zZRIOCgZtc2dfaWQYASABKAMSDgoGc2VxX2lkGAIgASgDEg0KBWVycm9yGAMgASgJIkQKClVzZXJPbmxpbmUSEAoIdXNlcm5hbWUYASABKAkSEQoJcmVtb3RlX2lwGAIgASgJEhEKCXRpbWVzdGFtcBgDIAEoAyIyCgtVc2VyT2ZmbGluZRIQCgh1c2VybmFtZRgBIAEoCRIRCgl0aW1lc3RhbXAYAiABKAMipQEKEVN5bmNTdGF0dXNSZXF1ZXN0Eg4KBnNlcV9pZBgBIAEoAxISCgpnYXRld2F5X2lkGAIgASgJEjQKDG9ubGluZV9iYXRjaBgDIAMoCzIeLnJlc29uYW5jZS5sb2dpYy52MS5Vc2VyT25saW5lEjYKDW9mZmxpbmVfYmF0Y2gYBCADKAsyHy5yZXNvbmFuY2UubG9naWMudjEuVXNlck9mZmxpbmUiMwoSU3luY1N0YXR1c1Jlc3BvbnNlEg4KBnNlcV9pZBgBIAEoAxINCgVlcnJvchgCIAEoCSIoChBMb2dvdXRBbGxSZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSIkChFMb2dvdXRBbGxSZXNwb25zZRIPCgdzdWNjZXNzGAEgASgIMsMDCgtBdXRoU2VydmljZRJMCgVMb2dpbhIgLnJlc29uYW5jZS5sb2dpYy52MS5Mb2dpblJlcXVlc3QaIS5yZXNvbmFuY2UubG9naWMudjEuTG9naW5SZXNwb25zZRJVCghSZWdpc3RlchIjLnJlc29uYW5jZS5sb2dpYy52MS5SZWdpc3RlclJlcXVlc3QaJC5yZXNvbmFuY2UubG9naWMudjEuUmVnaXN0ZXJSZXNwb25zZRJkCg1WYWxpZGF0ZVRva2VuEigucmVzb25hbmNlLmxvZ2ljLnYxLlZhbGlkYXRlVG9rZW5SZXF1ZXN0GikucmVzb25hbmNlLmxvZ2ljLnYxLlZhbGlkYXRlVG9rZW5SZXNwb25zZRJPCgZMb2dvdXQSIS5yZXNvbmFuY2UubG9naWMudjEuTG9nb3V0UmVxdWVzdBoiLnJlc29uYW5jZS5sb2dpYy52MS5Mb2dvdXRSZXNwb25zZRJYCglMb2dvdXRBbGwSJC5yZXNvbmFuY2UubG9naWMudjEuTG9nb3V0QWxsUmVxdWVzdBolLnJlc29uYW5jZS5sb2dpYy52MS5Mb2dvdXRBbGxSZXNwb25zZTL4BQoOU2Vzc2lvblNlcnZpY2USZwoOR2V0U2Vzc2lvbkxpc3QSKS5yZXNvbmFuY2UubG9naWMudjEuR2V0U2Vzc2lvbkxpc3RSZXF1ZXN0GioucmVzb25hbmNlLmxvZ2ljLnYxLkdldFNlc3Npb25MaXN0UmVzcG9uc2USZAoNQ3JlYXRlU2Vzc2lvbhIoLnJlc29uYW5jZS5sb2dpYy52MS5DcmVhdGVTZXNzaW9uUmVxdWVzdBopLnJlc29uYW5jZS5sb2dpYy52MS5DcmVhdGVTZXNzaW9uUmVzcG9uc2UScwoSR2V0SGlzdG9yeU1lc3NhZ2VzEi0ucmVzb25hbmNlLmxvZ2ljLnYxLkdldEhpc3RvcnlNZXNzYWdlc1JlcXVlc3QaLi5yZXNvbmFuY2UubG9naWMudjEuR2V0SGlzdG9yeU1lc3NhZ2VzUmVzcG9uc2USZwoOR2V0Q29udGFjdExpc3QSKS5yZXNvbmFuY2UubG9naWMudjEuR2V0Q29udGFjdExpc3RSZXF1ZXN0GioucmVzb25hbmNlLmxvZ2ljLnYxLkdldENvbnRhY3RMaXN0UmVzcG9uc2USWwoKU2VhcmNoVXNlchIlLnJlc29uYW5jZS5sb2dpYy52MS5TZWFyY2hVc2VyUmVxdWVzdBomLnJlc29uYW5jZS5sb2dpYy52MS5TZWFyY2hVc2VyUmVzcG9uc2UScwoSVXBkYXRlUmVhZFBvc2l0aW9uEi0ucmVzb25hbmNlLmxvZ2ljLnYxLlVwZGF0ZVJlYWRQb3NpdGlvblJlcXVlc3QaLi5yZXNvbmFuY2UubG9naWMudjEuVXBkYXRlUmVhZFBvc2l0aW9uUmVzcG9uc2USZwoOUHVsbEluYm94RGVsdGESKS5yZXNvbmFuY2UubG9naWMudjEuUHVsbEluYm94RGVsdGFSZXF1ZXN0GioucmVzb25hbmNlLmxvZ2ljLnYxLlB1bGxJbmJveERlbHRhUmVzcG9uc2Uy0AEKC0NoYXRTZXJ2aWNlEl4KC1NlbmRNZXNzYWdlEiYucmVzb25hbmNlLmxvZ2ljLnYxLlNlbmRNZXNzYWdlUmVxdWVzdBonLnJlc29uYW5jZS5sb2dpYy52MS5TZW5kTWVzc2FnZVJlc3BvbnNlEmEKDFNlbmRNZXNzYWdlcxInLnJlc29uYW5jZS5sb2dpYy52MS5TZW5kTWVzc2FnZXNSZXF1ZXN0GigucmVzb25hbmNlLmxvZ2ljLnYxLlNlbmRNZXNzYWdlc1Jlc3BvbnNlMm4KD1ByZXNlbmNlU2VydmljZRJbCgpTeW5jU3RhdHVzEiUucmVzb25hbmNlLmxvZ2ljLnYxLlN5bmNTdGF0dXNSZXF1ZXN0GiYucmVzb25hbmNlLmxvZ2ljLnYxLlN5bmNTdGF0dXNSZXNwb25zZWIGcHJvdG8z", [file_resonance_common_v1_common, file_resonance_gateway_v1_gateway]);
+  fileDesc("Ch5yZXNvbmFuY2UvbG9naWMvdjEvbG9naWMucHJvdG8SEnJlc29uYW5jZS5sb2dpYy52MSIlCg1Mb2dvdXRSZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSIhCg5Mb2dvdXRSZXNwb25zZRIPCgdzdWNjZXNzGAEgASgIIjIKDExvZ2luUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIQCghwYXNzd29yZBgCIAEoCSJOCg1Mb2dpblJlc3BvbnNlEhQKDGFjY2Vzc190b2tlbhgBIAEoCRInCgR1c2VyGAIgASgLMhkucmVzb25hbmNlLmNvbW1vbi52MS5Vc2VyIkcKD1JlZ2lzdGVyUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIQCghwYXNzd29yZBgCIAEoCRIQCghuaWNrbmFtZRgDIAEoCSJRChBSZWdpc3RlclJlc3BvbnNlEhQKDGFjY2Vzc190b2tlbhgBIAEoCRInCgR1c2VyGAIgASgLMhkucmVzb25hbmNlLmNvbW1vbi52MS5Vc2VyIiwKFFZhbGlkYXRlVG9rZW5SZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSJ1ChVWYWxpZGF0ZVRva2VuUmVzcG9uc2USDQoFdmFsaWQYASABKAgSJwoEdXNlchgCIAEoCzIZLnJlc29uYW5jZS5jb21tb24udjEuVXNlchIQCgh1c2VybmFtZRgDIAEoCRISCgpleHBpcmVzX2F0GAQgASgDIlgKE1N5bmNTZXNzaW9uc1JlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSLwoFa25vd24YAiADKAsyIC5yZXNvbmFuY2UuZ2F0ZXdheS52MS5TZXNzaW9uU2VxIkkKFFN5bmNTZXNzaW9uc1Jlc3BvbnNlEjEKBW1vdmVkGAEgAygLMiIucmVzb25hbmNlLmdhdGV3YXkudjEuTW92ZWRTZXNzaW9uIkAKF0xhcmdlTWVtYmVyc2hpcHNSZXF1ZXN0EhEKCXVzZXJuYW1lcxgBIAMoCRISCgpzZXNzaW9uX2lkGAIgASgJIjIKCk1lbWJlcnNoaXASEAoIdXNlcm5hbWUYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCSJPChhMYXJnZU1lbWJlcnNoaXBzUmVzcG9uc2USMwoLbWVtYmVyc2hpcHMYASADKAsyHi5yZXNvbmFuY2UubG9naWMudjEuTWVtYmVyc2hpcCIpChVHZXRTZXNzaW9uTGlzdFJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkiTQoWR2V0U2Vzc2lvbkxpc3RSZXNwb25zZRIzCghzZXNzaW9ucxgBIAMoCzIhLnJlc29uYW5jZS5nYXRld2F5LnYxLlNlc3Npb25JbmZvIl0KFENyZWF0ZVNlc3Npb25SZXF1ZXN0EhgKEGNyZWF0b3JfdXNlcm5hbWUYASABKAkSDwoHbWVtYmVycxgCIAMoCRIMCgRuYW1lGAMgASgJEgwKBHR5cGUYBCABKAUiKwoVQ3JlYXRlU2Vzc2lvblJlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkiigEKGUdldEhpc3RvcnlNZXNzYWdlc1JlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRINCgVsaW1pdBgDIAEoAxISCgpiZWZvcmVfc2VxGAQgASgDEhYKCWFmdGVyX3NlcRgFIAEoA0gAiAEBQgwKCl9hZnRlcl9zZXEiUQoaR2V0SGlzdG9yeU1lc3NhZ2VzUmVzcG9uc2USMwoIbWVzc2FnZXMYASADKAsyIS5yZXNvbmFuY2UuZ2F0ZXdheS52MS5QdXNoTWVzc2FnZSIpChVHZXRDb250YWN0TGlzdFJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkiTQoWR2V0Q29udGFjdExpc3RSZXNwb25zZRIzCghjb250YWN0cxgBIAMoCzIhLnJlc29uYW5jZS5nYXRld2F5LnYxLkNvbnRhY3RJbmZvIiIKEVNlYXJjaFVzZXJSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJIkYKElNlYXJjaFVzZXJSZXNwb25zZRIwCgV1c2VycxgBIAMoCzIhLnJlc29uYW5jZS5nYXRld2F5LnYxLkNvbnRhY3RJbmZvIlEKGVVwZGF0ZVJlYWRQb3NpdGlvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIOCgZzZXFfaWQYAiABKAMSEAoIdXNlcm5hbWUYAyABKAkiMgoaVXBkYXRlUmVhZFBvc2l0aW9uUmVzcG9uc2USFAoMdW5yZWFkX2NvdW50GAEgASgDIksKFVB1bGxJbmJveERlbHRhUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIRCgljdXJzb3JfaWQYAiABKAMSDQoFbGltaXQYAyABKAMidAoWUHVsbEluYm94RGVsdGFSZXNwb25zZRIwCgZldmVudHMYASADKAsyIC5yZXNvbmFuY2UuZ2F0ZXdheS52MS5JbmJveEV2ZW50EhYKDm5leHRfY3Vyc29yX2lkGAIgASgDEhAKCGhhc19tb3JlGAMgASgIIkwKE1NlbmRNZXNzYWdlc1JlcXVlc3QSNQoFaXRlbXMYASADKAsyJi5yZXNvbmFuY2UubG9naWMudjEuU2VuZE1lc3NhZ2VSZXF1ZXN0Ik4KFFNlbmRNZXNzYWdlc1Jlc3BvbnNlEjYKB3Jlc3VsdHMYASADKAsyJS5yZXNvbmFuY2UubG9naWMudjEuU2VuZE1lc3NhZ2VSZXN1bHQiXgoRU2VuZE1lc3NhZ2VSZXN1bHQSDgoGbXNnX2lkGAEgASgDEg4KBnNlcV9pZBgCIAEoAxISCgplcnJvcl9jb2RlGAMgASgFEhUKDWVycm9yX21lc3NhZ2UYBCABKAkinQEKElNlbmRNZXNzYWdlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAMgASgJEhUKDWZyb21fdXNlcm5hbWUYBCABKAkSEwoLdG9fdXNlcm5hbWUYBSABKAkSDwoHY29udGVudBgGIAEoCRIMCgR0eXBlGAcgASgJEhEKCXRpbWVzdGFtcBgIIAEoAxIVCg1jbGllbnRfbXNnX2lkGAkgASgJIkQKE1NlbmRNZXNzYWdlUmVzcG9uc2USDgoGbXNnX2lkGAEgASgDEg4KBnNlcV9pZBgCIAEoAxINCgVlcnJvchgDIAEoCSJECgpVc2VyT25saW5lEhAKCHVzZXJuYW1lGAEgASgJEhEKCXJlbW90ZV9pcBgCIAEoCRIRCgl0aW1lc3RhbXAYAyABKAMiMgoLVXNlck9mZmxpbmUSEAoIdXNlcm5hbWUYASABKAkSEQoJdGltZXN0YW1wGAIgASgDIqUBChFTeW5jU3RhdHVzUmVxdWVzdBIOCgZzZXFfaWQYASABKAMSEgoKZ2F0ZXdheV9pZBgCIAEoCRI0CgxvbmxpbmVfYmF0Y2gYAyADKAsyHi5yZXNvbmFuY2UubG9naWMudjEuVXNlck9ubGluZRI2Cg1vZmZsaW5lX2JhdGNoGAQgAygLMh8ucmVzb25hbmNlLmxvZ2ljLnYxLlVzZXJPZmZsaW5lIjMKElN5bmNTdGF0dXNSZXNwb25zZRIOCgZzZXFfaWQYASABKAMSDQoFZXJyb3IYAiABKAkiKAoQTG9nb3V0QWxsUmVxdWVzdBIUCgxhY2Nlc3NfdG9rZW4YASABKAkiJAoRTG9nb3V0QWxsUmVzcG9uc2USDwoHc3VjY2VzcxgBIAEoCDLDAwoLQXV0aFNlcnZpY2USTAoFTG9naW4SIC5yZXNvbmFuY2UubG9naWMudjEuTG9naW5SZXF1ZXN0GiEucmVzb25hbmNlLmxvZ2ljLnYxLkxvZ2luUmVzcG9uc2USVQoIUmVnaXN0ZXISIy5yZXNvbmFuY2UubG9naWMudjEuUmVnaXN0ZXJSZXF1ZXN0GiQucmVzb25hbmNlLmxvZ2ljLnYxLlJlZ2lzdGVyUmVzcG9uc2USZAoNVmFsaWRhdGVUb2tlbhIoLnJlc29uYW5jZS5sb2dpYy52MS5WYWxpZGF0ZVRva2VuUmVxdWVzdBopLnJlc29uYW5jZS5sb2dpYy52MS5WYWxpZGF0ZVRva2VuUmVzcG9uc2USTwoGTG9nb3V0EiEucmVzb25hbmNlLmxvZ2ljLnYxLkxvZ291dFJlcXVlc3QaIi5yZXNvbmFuY2UubG9naWMudjEuTG9nb3V0UmVzcG9uc2USWAoJTG9nb3V0QWxsEiQucmVzb25hbmNlLmxvZ2ljLnYxLkxvZ291dEFsbFJlcXVlc3QaJS5yZXNvbmFuY2UubG9naWMudjEuTG9nb3V0QWxsUmVzcG9uc2UyygcKDlNlc3Npb25TZXJ2aWNlEmcKDkdldFNlc3Npb25MaXN0EikucmVzb25hbmNlLmxvZ2ljLnYxLkdldFNlc3Npb25MaXN0UmVxdWVzdBoqLnJlc29uYW5jZS5sb2dpYy52MS5HZXRTZXNzaW9uTGlzdFJlc3BvbnNlEmQKDUNyZWF0ZVNlc3Npb24SKC5yZXNvbmFuY2UubG9naWMudjEuQ3JlYXRlU2Vzc2lvblJlcXVlc3QaKS5yZXNvbmFuY2UubG9naWMudjEuQ3JlYXRlU2Vzc2lvblJlc3BvbnNlEnMKEkdldEhpc3RvcnlNZXNzYWdlcxItLnJlc29uYW5jZS5sb2dpYy52MS5HZXRIaXN0b3J5TWVzc2FnZXNSZXF1ZXN0Gi4ucmVzb25hbmNlLmxvZ2ljLnYxLkdldEhpc3RvcnlNZXNzYWdlc1Jlc3BvbnNlEmcKDkdldENvbnRhY3RMaXN0EikucmVzb25hbmNlLmxvZ2ljLnYxLkdldENvbnRhY3RMaXN0UmVxdWVzdBoqLnJlc29uYW5jZS5sb2dpYy52MS5HZXRDb250YWN0TGlzdFJlc3BvbnNlElsKClNlYXJjaFVzZXISJS5yZXNvbmFuY2UubG9naWMudjEuU2VhcmNoVXNlclJlcXVlc3QaJi5yZXNvbmFuY2UubG9naWMudjEuU2VhcmNoVXNlclJlc3BvbnNlEnMKElVwZGF0ZVJlYWRQb3NpdGlvbhItLnJlc29uYW5jZS5sb2dpYy52MS5VcGRhdGVSZWFkUG9zaXRpb25SZXF1ZXN0Gi4ucmVzb25hbmNlLmxvZ2ljLnYxLlVwZGF0ZVJlYWRQb3NpdGlvblJlc3BvbnNlEmcKDlB1bGxJbmJveERlbHRhEikucmVzb25hbmNlLmxvZ2ljLnYxLlB1bGxJbmJveERlbHRhUmVxdWVzdBoqLnJlc29uYW5jZS5sb2dpYy52MS5QdWxsSW5ib3hEZWx0YVJlc3BvbnNlEmEKDFN5bmNTZXNzaW9ucxInLnJlc29uYW5jZS5sb2dpYy52MS5TeW5jU2Vzc2lvbnNSZXF1ZXN0GigucmVzb25hbmNlLmxvZ2ljLnYxLlN5bmNTZXNzaW9uc1Jlc3BvbnNlEm0KEExhcmdlTWVtYmVyc2hpcHMSKy5yZXNvbmFuY2UubG9naWMudjEuTGFyZ2VNZW1iZXJzaGlwc1JlcXVlc3QaLC5yZXNvbmFuY2UubG9naWMudjEuTGFyZ2VNZW1iZXJzaGlwc1Jlc3BvbnNlMtABCgtDaGF0U2VydmljZRJeCgtTZW5kTWVzc2FnZRImLnJlc29uYW5jZS5sb2dpYy52MS5TZW5kTWVzc2FnZVJlcXVlc3QaJy5yZXNvbmFuY2UubG9naWMudjEuU2VuZE1lc3NhZ2VSZXNwb25zZRJhCgxTZW5kTWVzc2FnZXMSJy5yZXNvbmFuY2UubG9naWMudjEuU2VuZE1lc3NhZ2VzUmVxdWVzdBooLnJlc29uYW5jZS5sb2dpYy52MS5TZW5kTWVzc2FnZXNSZXNwb25zZTJuCg9QcmVzZW5jZVNlcnZpY2USWwoKU3luY1N0YXR1cxIlLnJlc29uYW5jZS5sb2dpYy52MS5TeW5jU3RhdHVzUmVxdWVzdBomLnJlc29uYW5jZS5sb2dpYy52MS5TeW5jU3RhdHVzUmVzcG9uc2ViBnByb3RvMw", [file_resonance_common_v1_common, file_resonance_gateway_v1_gateway]);
 
 /**
  * @generated from message resonance.logic.v1.LogoutRequest
@@ -197,6 +197,106 @@ export const ValidateTokenResponseSchema: GenMessage<ValidateTokenResponse> = /*
   messageDesc(file_resonance_logic_v1_logic, 7);
 
 /**
+ * @generated from message resonance.logic.v1.SyncSessionsRequest
+ */
+export type SyncSessionsRequest = Message<"resonance.logic.v1.SyncSessionsRequest"> & {
+  /**
+   * @generated from field: string username = 1;
+   */
+  username: string;
+
+  /**
+   * @generated from field: repeated resonance.gateway.v1.SessionSeq known = 2;
+   */
+  known: SessionSeq[];
+};
+
+/**
+ * Describes the message resonance.logic.v1.SyncSessionsRequest.
+ * Use `create(SyncSessionsRequestSchema)` to create a new message.
+ */
+export const SyncSessionsRequestSchema: GenMessage<SyncSessionsRequest> = /*@__PURE__*/
+  messageDesc(file_resonance_logic_v1_logic, 8);
+
+/**
+ * @generated from message resonance.logic.v1.SyncSessionsResponse
+ */
+export type SyncSessionsResponse = Message<"resonance.logic.v1.SyncSessionsResponse"> & {
+  /**
+   * @generated from field: repeated resonance.gateway.v1.MovedSession moved = 1;
+   */
+  moved: MovedSession[];
+};
+
+/**
+ * Describes the message resonance.logic.v1.SyncSessionsResponse.
+ * Use `create(SyncSessionsResponseSchema)` to create a new message.
+ */
+export const SyncSessionsResponseSchema: GenMessage<SyncSessionsResponse> = /*@__PURE__*/
+  messageDesc(file_resonance_logic_v1_logic, 9);
+
+/**
+ * @generated from message resonance.logic.v1.LargeMembershipsRequest
+ */
+export type LargeMembershipsRequest = Message<"resonance.logic.v1.LargeMembershipsRequest"> & {
+  /**
+   * @generated from field: repeated string usernames = 1;
+   */
+  usernames: string[];
+
+  /**
+   * @generated from field: string session_id = 2;
+   */
+  sessionId: string;
+};
+
+/**
+ * Describes the message resonance.logic.v1.LargeMembershipsRequest.
+ * Use `create(LargeMembershipsRequestSchema)` to create a new message.
+ */
+export const LargeMembershipsRequestSchema: GenMessage<LargeMembershipsRequest> = /*@__PURE__*/
+  messageDesc(file_resonance_logic_v1_logic, 10);
+
+/**
+ * @generated from message resonance.logic.v1.Membership
+ */
+export type Membership = Message<"resonance.logic.v1.Membership"> & {
+  /**
+   * @generated from field: string username = 1;
+   */
+  username: string;
+
+  /**
+   * @generated from field: string session_id = 2;
+   */
+  sessionId: string;
+};
+
+/**
+ * Describes the message resonance.logic.v1.Membership.
+ * Use `create(MembershipSchema)` to create a new message.
+ */
+export const MembershipSchema: GenMessage<Membership> = /*@__PURE__*/
+  messageDesc(file_resonance_logic_v1_logic, 11);
+
+/**
+ * @generated from message resonance.logic.v1.LargeMembershipsResponse
+ */
+export type LargeMembershipsResponse = Message<"resonance.logic.v1.LargeMembershipsResponse"> & {
+  /**
+   * @generated from field: repeated resonance.logic.v1.Membership memberships = 1;
+   */
+  memberships: Membership[];
+};
+
+/**
+ * Describes the message resonance.logic.v1.LargeMembershipsResponse.
+ * Use `create(LargeMembershipsResponseSchema)` to create a new message.
+ */
+export const LargeMembershipsResponseSchema: GenMessage<LargeMembershipsResponse> = /*@__PURE__*/
+  messageDesc(file_resonance_logic_v1_logic, 12);
+
+/**
  * @generated from message resonance.logic.v1.GetSessionListRequest
  */
 export type GetSessionListRequest = Message<"resonance.logic.v1.GetSessionListRequest"> & {
@@ -211,7 +311,7 @@ export type GetSessionListRequest = Message<"resonance.logic.v1.GetSessionListRe
  * Use `create(GetSessionListRequestSchema)` to create a new message.
  */
 export const GetSessionListRequestSchema: GenMessage<GetSessionListRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 8);
+  messageDesc(file_resonance_logic_v1_logic, 13);
 
 /**
  * @generated from message resonance.logic.v1.GetSessionListResponse
@@ -228,7 +328,7 @@ export type GetSessionListResponse = Message<"resonance.logic.v1.GetSessionListR
  * Use `create(GetSessionListResponseSchema)` to create a new message.
  */
 export const GetSessionListResponseSchema: GenMessage<GetSessionListResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 9);
+  messageDesc(file_resonance_logic_v1_logic, 14);
 
 /**
  * @generated from message resonance.logic.v1.CreateSessionRequest
@@ -260,7 +360,7 @@ export type CreateSessionRequest = Message<"resonance.logic.v1.CreateSessionRequ
  * Use `create(CreateSessionRequestSchema)` to create a new message.
  */
 export const CreateSessionRequestSchema: GenMessage<CreateSessionRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 10);
+  messageDesc(file_resonance_logic_v1_logic, 15);
 
 /**
  * @generated from message resonance.logic.v1.CreateSessionResponse
@@ -277,7 +377,7 @@ export type CreateSessionResponse = Message<"resonance.logic.v1.CreateSessionRes
  * Use `create(CreateSessionResponseSchema)` to create a new message.
  */
 export const CreateSessionResponseSchema: GenMessage<CreateSessionResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 11);
+  messageDesc(file_resonance_logic_v1_logic, 16);
 
 /**
  * @generated from message resonance.logic.v1.GetHistoryMessagesRequest
@@ -302,6 +402,11 @@ export type GetHistoryMessagesRequest = Message<"resonance.logic.v1.GetHistoryMe
    * @generated from field: int64 before_seq = 4;
    */
   beforeSeq: bigint;
+
+  /**
+   * @generated from field: optional int64 after_seq = 5;
+   */
+  afterSeq?: bigint | undefined;
 };
 
 /**
@@ -309,7 +414,7 @@ export type GetHistoryMessagesRequest = Message<"resonance.logic.v1.GetHistoryMe
  * Use `create(GetHistoryMessagesRequestSchema)` to create a new message.
  */
 export const GetHistoryMessagesRequestSchema: GenMessage<GetHistoryMessagesRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 12);
+  messageDesc(file_resonance_logic_v1_logic, 17);
 
 /**
  * @generated from message resonance.logic.v1.GetHistoryMessagesResponse
@@ -326,7 +431,7 @@ export type GetHistoryMessagesResponse = Message<"resonance.logic.v1.GetHistoryM
  * Use `create(GetHistoryMessagesResponseSchema)` to create a new message.
  */
 export const GetHistoryMessagesResponseSchema: GenMessage<GetHistoryMessagesResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 13);
+  messageDesc(file_resonance_logic_v1_logic, 18);
 
 /**
  * @generated from message resonance.logic.v1.GetContactListRequest
@@ -343,7 +448,7 @@ export type GetContactListRequest = Message<"resonance.logic.v1.GetContactListRe
  * Use `create(GetContactListRequestSchema)` to create a new message.
  */
 export const GetContactListRequestSchema: GenMessage<GetContactListRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 14);
+  messageDesc(file_resonance_logic_v1_logic, 19);
 
 /**
  * @generated from message resonance.logic.v1.GetContactListResponse
@@ -360,7 +465,7 @@ export type GetContactListResponse = Message<"resonance.logic.v1.GetContactListR
  * Use `create(GetContactListResponseSchema)` to create a new message.
  */
 export const GetContactListResponseSchema: GenMessage<GetContactListResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 15);
+  messageDesc(file_resonance_logic_v1_logic, 20);
 
 /**
  * @generated from message resonance.logic.v1.SearchUserRequest
@@ -377,7 +482,7 @@ export type SearchUserRequest = Message<"resonance.logic.v1.SearchUserRequest"> 
  * Use `create(SearchUserRequestSchema)` to create a new message.
  */
 export const SearchUserRequestSchema: GenMessage<SearchUserRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 16);
+  messageDesc(file_resonance_logic_v1_logic, 21);
 
 /**
  * @generated from message resonance.logic.v1.SearchUserResponse
@@ -394,7 +499,7 @@ export type SearchUserResponse = Message<"resonance.logic.v1.SearchUserResponse"
  * Use `create(SearchUserResponseSchema)` to create a new message.
  */
 export const SearchUserResponseSchema: GenMessage<SearchUserResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 17);
+  messageDesc(file_resonance_logic_v1_logic, 22);
 
 /**
  * @generated from message resonance.logic.v1.UpdateReadPositionRequest
@@ -421,7 +526,7 @@ export type UpdateReadPositionRequest = Message<"resonance.logic.v1.UpdateReadPo
  * Use `create(UpdateReadPositionRequestSchema)` to create a new message.
  */
 export const UpdateReadPositionRequestSchema: GenMessage<UpdateReadPositionRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 18);
+  messageDesc(file_resonance_logic_v1_logic, 23);
 
 /**
  * @generated from message resonance.logic.v1.UpdateReadPositionResponse
@@ -438,7 +543,7 @@ export type UpdateReadPositionResponse = Message<"resonance.logic.v1.UpdateReadP
  * Use `create(UpdateReadPositionResponseSchema)` to create a new message.
  */
 export const UpdateReadPositionResponseSchema: GenMessage<UpdateReadPositionResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 19);
+  messageDesc(file_resonance_logic_v1_logic, 24);
 
 /**
  * @generated from message resonance.logic.v1.PullInboxDeltaRequest
@@ -465,7 +570,7 @@ export type PullInboxDeltaRequest = Message<"resonance.logic.v1.PullInboxDeltaRe
  * Use `create(PullInboxDeltaRequestSchema)` to create a new message.
  */
 export const PullInboxDeltaRequestSchema: GenMessage<PullInboxDeltaRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 20);
+  messageDesc(file_resonance_logic_v1_logic, 25);
 
 /**
  * @generated from message resonance.logic.v1.PullInboxDeltaResponse
@@ -492,7 +597,7 @@ export type PullInboxDeltaResponse = Message<"resonance.logic.v1.PullInboxDeltaR
  * Use `create(PullInboxDeltaResponseSchema)` to create a new message.
  */
 export const PullInboxDeltaResponseSchema: GenMessage<PullInboxDeltaResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 21);
+  messageDesc(file_resonance_logic_v1_logic, 26);
 
 /**
  * @generated from message resonance.logic.v1.SendMessagesRequest
@@ -509,7 +614,7 @@ export type SendMessagesRequest = Message<"resonance.logic.v1.SendMessagesReques
  * Use `create(SendMessagesRequestSchema)` to create a new message.
  */
 export const SendMessagesRequestSchema: GenMessage<SendMessagesRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 22);
+  messageDesc(file_resonance_logic_v1_logic, 27);
 
 /**
  * @generated from message resonance.logic.v1.SendMessagesResponse
@@ -526,7 +631,7 @@ export type SendMessagesResponse = Message<"resonance.logic.v1.SendMessagesRespo
  * Use `create(SendMessagesResponseSchema)` to create a new message.
  */
 export const SendMessagesResponseSchema: GenMessage<SendMessagesResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 23);
+  messageDesc(file_resonance_logic_v1_logic, 28);
 
 /**
  * @generated from message resonance.logic.v1.SendMessageResult
@@ -563,7 +668,7 @@ export type SendMessageResult = Message<"resonance.logic.v1.SendMessageResult"> 
  * Use `create(SendMessageResultSchema)` to create a new message.
  */
 export const SendMessageResultSchema: GenMessage<SendMessageResult> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 24);
+  messageDesc(file_resonance_logic_v1_logic, 29);
 
 /**
  * @generated from message resonance.logic.v1.SendMessageRequest
@@ -612,7 +717,7 @@ export type SendMessageRequest = Message<"resonance.logic.v1.SendMessageRequest"
  * Use `create(SendMessageRequestSchema)` to create a new message.
  */
 export const SendMessageRequestSchema: GenMessage<SendMessageRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 25);
+  messageDesc(file_resonance_logic_v1_logic, 30);
 
 /**
  * @generated from message resonance.logic.v1.SendMessageResponse
@@ -639,7 +744,7 @@ export type SendMessageResponse = Message<"resonance.logic.v1.SendMessageRespons
  * Use `create(SendMessageResponseSchema)` to create a new message.
  */
 export const SendMessageResponseSchema: GenMessage<SendMessageResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 26);
+  messageDesc(file_resonance_logic_v1_logic, 31);
 
 /**
  * @generated from message resonance.logic.v1.UserOnline
@@ -666,7 +771,7 @@ export type UserOnline = Message<"resonance.logic.v1.UserOnline"> & {
  * Use `create(UserOnlineSchema)` to create a new message.
  */
 export const UserOnlineSchema: GenMessage<UserOnline> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 27);
+  messageDesc(file_resonance_logic_v1_logic, 32);
 
 /**
  * @generated from message resonance.logic.v1.UserOffline
@@ -688,7 +793,7 @@ export type UserOffline = Message<"resonance.logic.v1.UserOffline"> & {
  * Use `create(UserOfflineSchema)` to create a new message.
  */
 export const UserOfflineSchema: GenMessage<UserOffline> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 28);
+  messageDesc(file_resonance_logic_v1_logic, 33);
 
 /**
  * @generated from message resonance.logic.v1.SyncStatusRequest
@@ -720,7 +825,7 @@ export type SyncStatusRequest = Message<"resonance.logic.v1.SyncStatusRequest"> 
  * Use `create(SyncStatusRequestSchema)` to create a new message.
  */
 export const SyncStatusRequestSchema: GenMessage<SyncStatusRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 29);
+  messageDesc(file_resonance_logic_v1_logic, 34);
 
 /**
  * @generated from message resonance.logic.v1.SyncStatusResponse
@@ -742,7 +847,7 @@ export type SyncStatusResponse = Message<"resonance.logic.v1.SyncStatusResponse"
  * Use `create(SyncStatusResponseSchema)` to create a new message.
  */
 export const SyncStatusResponseSchema: GenMessage<SyncStatusResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 30);
+  messageDesc(file_resonance_logic_v1_logic, 35);
 
 /**
  * @generated from message resonance.logic.v1.LogoutAllRequest
@@ -759,7 +864,7 @@ export type LogoutAllRequest = Message<"resonance.logic.v1.LogoutAllRequest"> & 
  * Use `create(LogoutAllRequestSchema)` to create a new message.
  */
 export const LogoutAllRequestSchema: GenMessage<LogoutAllRequest> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 31);
+  messageDesc(file_resonance_logic_v1_logic, 36);
 
 /**
  * @generated from message resonance.logic.v1.LogoutAllResponse
@@ -776,7 +881,7 @@ export type LogoutAllResponse = Message<"resonance.logic.v1.LogoutAllResponse"> 
  * Use `create(LogoutAllResponseSchema)` to create a new message.
  */
 export const LogoutAllResponseSchema: GenMessage<LogoutAllResponse> = /*@__PURE__*/
-  messageDesc(file_resonance_logic_v1_logic, 32);
+  messageDesc(file_resonance_logic_v1_logic, 37);
 
 /**
  * @generated from service resonance.logic.v1.AuthService
@@ -888,6 +993,28 @@ export const SessionService: GenService<{
     methodKind: "unary";
     input: typeof PullInboxDeltaRequestSchema;
     output: typeof PullInboxDeltaResponseSchema;
+  },
+  /**
+   * New: see the gateway's SessionService.SyncSessions.
+   *
+   * @generated from rpc resonance.logic.v1.SessionService.SyncSessions
+   */
+  syncSessions: {
+    methodKind: "unary";
+    input: typeof SyncSessionsRequestSchema;
+    output: typeof SyncSessionsResponseSchema;
+  },
+  /**
+   * New (gateway → logic): which of `usernames` are members of which large sessions; only of
+   * `session_id` when set. The gateway asks when a user connects and when a large session it has
+   * not seen yet (or a membership change in one) reaches it.
+   *
+   * @generated from rpc resonance.logic.v1.SessionService.LargeMemberships
+   */
+  largeMemberships: {
+    methodKind: "unary";
+    input: typeof LargeMembershipsRequestSchema;
+    output: typeof LargeMembershipsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_resonance_logic_v1_logic, 1);

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file resonance/mq/v1/mq.proto.
  */
 export const file_resonance_mq_v1_mq: GenFile = /*@__PURE__*/
-  fileDesc("ChhyZXNvbmFuY2UvbXEvdjEvbXEucHJvdG8SD3Jlc29uYW5jZS5tcS52MSLDAgoJUHVzaEV2ZW50Eg4KBm1zZ19pZBgBIAEoAxIOCgZzZXFfaWQYAiABKAMSEgoKc2Vzc2lvbl9pZBgDIAEoCRIVCg1mcm9tX3VzZXJuYW1lGAQgASgJEhMKC3RvX3VzZXJuYW1lGAUgASgJEg8KB2NvbnRlbnQYBiABKAkSDAoEdHlwZRgHIAEoCRIRCgl0aW1lc3RhbXAYCCABKAMSFAoMc2Vzc2lvbl9uYW1lGAkgASgJEhQKDHNlc3Npb25fdHlwZRgKIAEoBRJDCg10cmFjZV9oZWFkZXJzGAsgAygLMiwucmVzb25hbmNlLm1xLnYxLlB1c2hFdmVudC5UcmFjZUhlYWRlcnNFbnRyeRozChFUcmFjZUhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBYgZwcm90bzM");
+  fileDesc("ChhyZXNvbmFuY2UvbXEvdjEvbXEucHJvdG8SD3Jlc29uYW5jZS5tcS52MSLSAgoJUHVzaEV2ZW50Eg4KBm1zZ19pZBgBIAEoAxIOCgZzZXFfaWQYAiABKAMSEgoKc2Vzc2lvbl9pZBgDIAEoCRIVCg1mcm9tX3VzZXJuYW1lGAQgASgJEhMKC3RvX3VzZXJuYW1lGAUgASgJEg8KB2NvbnRlbnQYBiABKAkSDAoEdHlwZRgHIAEoCRIRCgl0aW1lc3RhbXAYCCABKAMSFAoMc2Vzc2lvbl9uYW1lGAkgASgJEhQKDHNlc3Npb25fdHlwZRgKIAEoBRJDCg10cmFjZV9oZWFkZXJzGAsgAygLMiwucmVzb25hbmNlLm1xLnYxLlB1c2hFdmVudC5UcmFjZUhlYWRlcnNFbnRyeRINCgVsYXJnZRgMIAEoCBozChFUcmFjZUhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBYgZwcm90bzM");
 
 /**
  * @generated from message resonance.mq.v1.PushEvent
@@ -72,6 +72,15 @@ export type PushEvent = Message<"resonance.mq.v1.PushEvent"> & {
    * @generated from field: map<string, string> trace_headers = 11;
    */
   traceHeaders: { [key: string]: string };
+
+  /**
+   * New: the session had more than RESONANCE_INBOX_FANOUT_LIMIT members when the event was
+   * built (decided once, so every redelivery does the same): no inbox rows are written, the
+   * message goes once to every live gateway, and clients catch it up by seq (SyncSessions).
+   *
+   * @generated from field: bool large = 12;
+   */
+  large: boolean;
 };
 
 /**
