@@ -115,14 +115,15 @@ describe("logic SendMessages - over gRPC, on PGlite", () => {
     expect(((await metrics.messagesCommitted.get()).values[0]?.value ?? 0) - before).toBe(3);
   });
 
-  it("SendMessage - a single chat goes through the same commit: a resend gets the original ids, a stranger permission_denied", async () => {
+  it("SendMessage - a single chat goes through the same commit: a resend gets the original ids, a stranger and a session that does not exist the same permission_denied", async () => {
     const first = await client().sendMessage({ sessionId: group, fromUsername: "alice", content: "three", clientMsgId: "s-1" });
     expect(first.seqId).toBe(4n);
     expect(await client().sendMessage({ sessionId: group, fromUsername: "alice", content: "three", clientMsgId: "s-1" })).toMatchObject({ msgId: first.msgId, seqId: 4n });
     const err = await client().sendMessage({ sessionId: group, fromUsername: "carol", content: "hey" }).catch((e: unknown) => ConnectError.from(e));
     expect(err).toMatchObject({ code: Code.PermissionDenied });
     const missing = await client().sendMessage({ sessionId: "group:424242", fromUsername: "alice", content: "hey" }).catch((e: unknown) => ConnectError.from(e));
-    expect(missing).toMatchObject({ code: Code.NotFound });
+    // The same answer as a stranger's: it must not tell which sessions exist.
+    expect(missing).toMatchObject({ code: Code.PermissionDenied, rawMessage: (err as ConnectError).rawMessage });
   });
 
   it("SendMessages - a draining logic refuses a whole batch with unavailable and commits none of it; the batch in flight finishes", async () => {

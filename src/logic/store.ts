@@ -121,7 +121,6 @@ interface BatchRow {
   prior_id: string | null;
   prior_seq: string | null;
   same: boolean | null;
-  session_exists: boolean;
 }
 
 /**
@@ -173,8 +172,7 @@ const COMMIT_BATCH = `
     returning id, msg_id
   )
   select i.ord, m.id, m.seq_id, o.id as outbox_id, s.name, s.type as stype, s.large,
-         p.id as prior_id, p.seq_id as prior_seq, p.same,
-         exists (select 1 from sessions x where x.id = i.session_id) as session_exists
+         p.id as prior_id, p.seq_id as prior_seq, p.same
     from i
     left join prior p on p.ord = i.ord
     left join fresh f on f.ord = i.ord
@@ -383,11 +381,8 @@ export class LogicStore {
             : new ConnectError("client_msg_id was already used for a different message", Code.AlreadyExists),
         );
       } else {
-        outcomes.push(
-          r.session_exists
-            ? new ConnectError(`not a member of session ${m.sessionId}`, Code.PermissionDenied)
-            : new ConnectError(`session ${m.sessionId} does not exist`, Code.NotFound),
-        );
+        // One answer for both: it must not tell who has a session with whom.
+        outcomes.push(new ConnectError("not a member of this session (or no such session)", Code.PermissionDenied));
       }
     }
     return { outcomes, events };
