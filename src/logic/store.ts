@@ -146,39 +146,47 @@ const COMMIT_BATCH = `
     select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
       with ordinality as t(session_id, sender, to_username, content, type, client_msg_id, ord)
   ), prior as materialized (
+    -- Index probes per row (the LIMIT keeps each lateral a probe: joined as a whole, the planner
+    -- chose hash joins over a sequential scan of every message and membership while the tables'
+    -- statistics lagged their growth).
     select i.ord, m.id, m.seq_id, (m.content = i.content and m.type = i.type and m.to_username = i.to_username) as same
-      from i join messages m on m.sender = i.sender and m.session_id = i.session_id and m.client_msg_id = i.client_msg_id
+      from i cross join lateral (
+        select x.id, x.seq_id, x.content, x.type, x.to_username from messages x
+         where x.sender = i.sender and x.session_id = i.session_id and x.client_msg_id = i.client_msg_id limit 1
+      ) m
   ), fresh as materialized (
-    select i.*, row_number() over (partition by i.session_id order by i.ord) as rn
-      from i
+    -- Ids are drawn here, so the answer needs no join back to the inserted rows (with one-row
+    -- estimates for CTEs the planner joined them by nested loops: a third of the statement).
+    -- Drawn in (session, position) order: within a session ids grow with seqs.
+    select i.*, row_number() over (partition by i.session_id order by i.ord) as rn,
+           nextval('messages_id_seq') as id, nextval('outbox_id_seq') as outbox_id
+      from i cross join lateral (
+        select 1 from session_members sm where sm.session_id = i.session_id and sm.username = i.sender limit 1
+      ) member
      where not exists (select 1 from prior p where p.ord = i.ord)
-       and exists (select 1 from session_members sm where sm.session_id = i.session_id and sm.username = i.sender)
   ), locked as materialized (
     select x.id from sessions x where x.id in (select session_id from fresh) order by x.id for no key update
-  ), s as (
+  ), s as materialized (
     update sessions set max_seq_id = sessions.max_seq_id + c.n
       from (select session_id, count(*) as n from fresh group by session_id) c
      where sessions.id = c.session_id and sessions.id in (select id from locked)
     returning sessions.id, sessions.max_seq_id - c.n as base, sessions.name, sessions.type, sessions.member_count > $10 as large
   ), m as (
-    insert into messages (session_id, seq_id, sender, to_username, content, type, client_msg_id, created_at)
-    select f.session_id, s.base + f.rn, f.sender, f.to_username, f.content, f.type, f.client_msg_id, $7
+    insert into messages (id, session_id, seq_id, sender, to_username, content, type, client_msg_id, created_at)
+    select f.id, f.session_id, s.base + f.rn, f.sender, f.to_username, f.content, f.type, f.client_msg_id, $7
       from fresh f join s on s.id = f.session_id
      order by f.ord
-    returning id, session_id, seq_id
   ), o as (
-    insert into outbox (msg_id, claimed_until, claimed_by)
-    select id, now() + ($8::int * interval '1 millisecond'), $9 from m order by id
-    returning id, msg_id
+    insert into outbox (id, msg_id, claimed_until, claimed_by)
+    select f.outbox_id, f.id, now() + ($8::int * interval '1 millisecond'), $9
+      from fresh f join s on s.id = f.session_id
+     order by f.id
   )
-  select i.ord, m.id, m.seq_id, o.id as outbox_id, s.name, s.type as stype, s.large,
+  select i.ord, f.id, s.base + f.rn as seq_id, f.outbox_id, s.name, s.type as stype, s.large,
          p.id as prior_id, p.seq_id as prior_seq, p.same
     from i
     left join prior p on p.ord = i.ord
-    left join fresh f on f.ord = i.ord
-    left join s on s.id = f.session_id
-    left join m on m.session_id = f.session_id and m.seq_id = s.base + f.rn
-    left join o on o.msg_id = m.id
+    left join (fresh f join s on s.id = f.session_id) on f.ord = i.ord
    order by i.ord`;
 
 /** RESONANCE_INBOX_FANOUT_LIMIT's default (see the README). */
