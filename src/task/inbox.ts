@@ -15,6 +15,8 @@ import type { Queryable } from "../infra/storage/types.js";
  * while 104 is still uncommitted, move its cursor past 104 and never see it. Inside the batch,
  * the rows of one session draw their ids in seq order.
  *
+ * Members are read by index, per session (lateral): joined as a whole, the planner scanned every
+ * membership of every session, twice per statement.
  * The row cap bounds the locks one transaction holds: PostgreSQL's shared lock table has room
  * for about 6,400 by default, and PGlite fails at about 17,000.
  */
@@ -22,8 +24,8 @@ export const INBOX_INSERT = `
   with ev as (
          select * from unnest($1::text[], $2::bigint[], $3::bigint[]) with ordinality as e(session_id, seq_id, msg_id, ord)),
        sizes as (
-         select session_id, count(*) as n from session_members
-          where session_id in (select session_id from ev) group by session_id),
+         select e.session_id, c.n from (select distinct session_id from ev) e
+          cross join lateral (select count(*) as n from session_members sm where sm.session_id = e.session_id) c),
        taken as materialized (
          select ev.* from (
            select ev.*, sum(coalesce(sizes.n, 0)) over (order by ev.ord) as upto
@@ -31,7 +33,8 @@ export const INBOX_INSERT = `
           where ev.upto <= $4 or ev.ord = 1),
        members as materialized (
          select t.ord, t.session_id, t.seq_id, t.msg_id, m.username
-           from taken t join session_members m on m.session_id = t.session_id),
+           from taken t
+          cross join lateral (select sm.username from session_members sm where sm.session_id = t.session_id offset 0) m),
        owners as materialized (select distinct username from members order by username),
        locks as (select count(pg_advisory_xact_lock(hashtextextended('resonance-inbox:' || username, 0))) as n from owners),
        ins as (insert into inbox (owner, session_id, seq_id, msg_id)
