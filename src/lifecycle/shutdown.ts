@@ -74,6 +74,9 @@ export async function runShutdown(reason: string, phases: readonly Phase[], opts
       break;
     }
     const allowance = Math.min(phase.allowanceMs ?? left, left);
+    // A phase whose allowance is the rest of the budget is cut by the deadline, however its
+    // timer and the deadline's happen to fire (a timer may fire a little before its time).
+    const toDeadline = allowance >= left;
     const t0 = performance.now();
     result.outcome = "running";
     opts.log.info({ phase: phase.name, allowanceMs: Math.round(allowance) }, "shutdown phase started");
@@ -89,7 +92,7 @@ export async function runShutdown(reason: string, phases: readonly Phase[], opts
     );
     const outcome = await Promise.race([run, delay(allowance), overall.fired]);
     result.durationMs = Math.round(performance.now() - t0);
-    if (outcome === "deadline" || (outcome === "timeout" && performance.now() >= deadline - 1)) {
+    if (outcome === "deadline" || (outcome === "timeout" && (toDeadline || performance.now() >= deadline - 1))) {
       result.outcome = "running";
       deadlineExceeded = true;
       break;
