@@ -18,7 +18,8 @@ class Command {
   readonly exited: Promise<number | null>;
   readonly #waiters = new Set<() => void>();
   constructor(cmd: string, args: string[], env: Record<string, string>) {
-    // Its own process group: npm does not pass signals on to the node process it starts.
+    // Its own process group, so the clean-up can stop npm and everything it started at once (the shutdown
+    // tests signal the pid an operator would: see npm-signals.test.ts).
     this.proc = spawn(cmd, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["pipe", "pipe", "pipe"], detached: true });
     const add = (c: string, stdout: boolean) => {
       this.out += c;

@@ -2,6 +2,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type { SendMessageRequest, SendMessageResult } from "../gen/resonance/logic/v1/logic_pb.js";
 import type { Logger } from "../observability/log.js";
 import type { Metrics } from "../observability/metrics.js";
+import { takeBatch } from "../rpc/batch.js";
 import { codeName } from "../rpc/code-names.js";
 
 /** Sends one batch of chats to the logic instance at `address`; resolves one result per item, in order. */
@@ -250,15 +251,7 @@ export class ChatDispatcher {
 
   /** The next call's chats: in order, at most `maxBatch` and `maxBatchBytes` (at least one). */
   #take(): Pending[] {
-    let bytes = 0;
-    let n = 0;
-    while (n < this.#queue.length && n < this.#limits.maxBatch) {
-      const next = this.#queue[n]!.bytes;
-      if (n > 0 && bytes + next > this.#limits.maxBatchBytes) break;
-      bytes += next;
-      n++;
-    }
-    return this.#queue.splice(0, n);
+    return takeBatch(this.#queue, this.#limits.maxBatch, this.#limits.maxBatchBytes);
   }
 
   async #call(address: string, batch: Batch): Promise<void> {

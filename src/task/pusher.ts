@@ -3,6 +3,7 @@ import type { Client } from "@connectrpc/connect";
 import { PushRequestSchema, type PushMessage, type PushRequest, type PushService } from "../gen/resonance/gateway/v1/gateway_pb.js";
 import type { Metrics } from "../observability/metrics.js";
 import type { Logger } from "../observability/log.js";
+import { takeBatch } from "../rpc/batch.js";
 
 /** What a pusher needs of one gateway: its PushService (a gRPC client, or the gateway itself in process). */
 export type PushClient = Pick<Client<typeof PushService>, "push" | "pushBatch">;
@@ -118,15 +119,7 @@ export class GatewayPusher {
 
   /** The next call's pushes: in order, at most `maxBatch` and `maxBatchBytes` (at least one). */
   #take(): PushRequest[] {
-    let bytes = 0;
-    let n = 0;
-    while (n < this.#queue.length && n < this.#limits.maxBatch) {
-      const next = this.#queue[n]!.bytes;
-      if (n > 0 && bytes + next > this.#limits.maxBatchBytes) break;
-      bytes += next;
-      n++;
-    }
-    return this.#queue.splice(0, n).map((q) => {
+    return takeBatch(this.#queue, this.#limits.maxBatch, this.#limits.maxBatchBytes).map((q) => {
       this.#queuedBytes -= q.bytes;
       return q.request;
     });
